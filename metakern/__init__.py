@@ -1,0 +1,10 @@
+"""metakern: fused kernels for gradient-based meta-learning in PyTorch.
+
+>>> import metakern as mk
+>>> maml = mk.MAML(mk.MLP(1, [40, 40], 1), lr=0.01, steps=1)
+"""
+from .version import __version__
+from . import backends, functional
+from .functional import adapt, forward
+
+__all__ = ["__version__", "adapt", "forward", "backends", "functional"]

@@ -1,0 +1,107 @@
+"""The fused ops as registered PyTorch operators, with autograd and fake kernels.
+
+``metakern_py::adapt`` and ``metakern_py::mlp`` are custom ops whose
+implementation hands the packed tensors to the chosen backend (``torch``, ``cpp``,
+``triton`` or ``cuda``). Registering them with the dispatcher, with fake (meta)
+implementations and ``register_autograd``, lets a whole second-order MAML step run
+under ``torch.compile(fullgraph=True)``: the compiler sees one opaque op forward and
+one backward instead of an unrolled double-backward graph.
+
+The backward ops return per-task gradients; the autograd formulas here reduce them
+over tasks (``sum(0)``, deterministic) where ``theta`` or ``lr`` were shared.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+from . import backends as _backends
+
+
+@torch.library.custom_op("metakern_py::adapt", mutates_args=())
+def adapt(theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims: List[int], steps: int, loss: int, act: int,
+          first_order: bool, backend: str) -> Tensor:
+    """``theta_K`` ``[T, P]`` after ``steps`` inner SGD steps (docs/kernels.md)."""
+    return _backends.get(backend).adapt_fwd(theta, lr, x, y, dims, steps, loss, act)
+
+
+@adapt.register_fake
+def _(theta, lr, x, y, dims, steps, loss, act, first_order, backend):
+    return theta.new_empty((x.shape[0], theta.shape[-1]))
+
+
+@torch.library.custom_op("metakern_py::adapt_backward", mutates_args=())
+def adapt_backward(grad: Tensor, theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims: List[int], steps: int,
+                   loss: int, act: int, first_order: bool, need_x: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per-task ``(dl/dtheta, dl/dlr, dl/dx)`` given ``grad = dl/dtheta_K``."""
+    return tuple(_backends.get(backend).adapt_bwd(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x))
+
+
+@adapt_backward.register_fake
+def _(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x, backend):
+    return grad.new_empty(grad.shape), grad.new_empty(grad.shape), x.new_empty(x.shape)
+
+
+def _adapt_setup(ctx, inputs, output):
+    theta, lr, x, y, dims, steps, loss, act, first_order, backend = inputs
+    ctx.save_for_backward(theta, lr, x, y)
+    ctx.args = (dims, steps, loss, act, first_order, backend)
+
+
+def _adapt_grad(ctx, grad):
+    theta, lr, x, y = ctx.saved_tensors
+    dims, steps, loss, act, first_order, backend = ctx.args
+    need_theta, need_lr, need_x = ctx.needs_input_grad[:3]
+    g_theta, g_lr, g_x = adapt_backward(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, first_order,
+                                        need_x, backend)
+    if theta.dim() == 1:
+        g_theta = g_theta.sum(0)
+    return (g_theta if need_theta else None, g_lr.sum(0) if need_lr else None, g_x if need_x else None,
+            None, None, None, None, None, None, None)
+
+
+adapt.register_autograd(_adapt_grad, setup_context=_adapt_setup)
+
+
+@torch.library.custom_op("metakern_py::mlp", mutates_args=())
+def mlp(theta: Tensor, x: Tensor, dims: List[int], act: int, backend: str) -> Tensor:
+    """Batched MLP forward ``[T, N, O]`` with packed parameters."""
+    return _backends.get(backend).mlp_fwd(theta, x, dims, act)
+
+
+@mlp.register_fake
+def _(theta, x, dims, act, backend):
+    return x.new_empty((x.shape[0], x.shape[1], dims[-1]))
+
+
+@torch.library.custom_op("metakern_py::mlp_backward", mutates_args=())
+def mlp_backward(grad_out: Tensor, theta: Tensor, x: Tensor, dims: List[int], act: int, need_x: bool,
+                 backend: str) -> Tuple[Tensor, Tensor]:
+    """Per-task ``(dl/dtheta, dl/dx)`` of :func:`mlp`."""
+    return tuple(_backends.get(backend).mlp_bwd(grad_out, theta, x, dims, act, need_x))
+
+
+@mlp_backward.register_fake
+def _(grad_out, theta, x, dims, act, need_x, backend):
+    return x.new_empty((x.shape[0], theta.shape[-1])), x.new_empty(x.shape)
+
+
+def _mlp_setup(ctx, inputs, output):
+    theta, x, dims, act, backend = inputs
+    ctx.save_for_backward(theta, x)
+    ctx.args = (dims, act, backend)
+
+
+def _mlp_grad(ctx, grad_out):
+    theta, x = ctx.saved_tensors
+    dims, act, backend = ctx.args
+    need_theta, need_x = ctx.needs_input_grad[:2]
+    g_theta, g_x = mlp_backward(grad_out.contiguous(), theta, x, dims, act, need_x, backend)
+    if theta.dim() == 1:
+        g_theta = g_theta.sum(0)
+    return g_theta if need_theta else None, g_x if need_x else None, None, None, None
+
+
+mlp.register_autograd(_mlp_grad, setup_context=_mlp_setup)

@@ -1,0 +1,250 @@
+"""Backend registry.
+
+A backend implements the four ops of ``docs/kernels.md`` (``adapt_fwd``,
+``adapt_bwd``, ``mlp_fwd``, ``mlp_bwd``) on packed tensors, and says why it cannot
+run a given call. ``select`` resolves a user's ``backend=`` argument: an explicit
+name that cannot run the call raises ``RuntimeError`` with every reason; ``"auto"``
+takes the first backend of its preference order that can, and warns once about
+each faster backend it had to pass over.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import torch_backend
+
+BACKENDS = ("torch", "cpp", "triton", "cuda")
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a backend needs to know to accept or refuse a call."""
+
+    device: torch.device
+    dtype: torch.dtype
+    dims: Tuple[int, ...]
+    tasks: int
+    points: int
+    steps: int = 0
+
+
+class Backend:
+    """Base class: a name, availability, per-call limits, and the four ops."""
+
+    name = "?"
+
+    def unavailable(self) -> List[str]:
+        """Reasons this backend cannot run at all here (empty when it can)."""
+        return []
+
+    def limits(self, call: Call) -> List[str]:
+        """Reasons this backend cannot run this particular call."""
+        return []
+
+    def why_not(self, call: Call) -> List[str]:
+        return self.unavailable() or self.limits(call)
+
+    # The four ops; every backend binds these.
+    adapt_fwd: Callable
+    adapt_bwd: Callable
+    mlp_fwd: Callable
+    mlp_bwd: Callable
+
+
+class TorchBackend(Backend):
+    """Pure PyTorch, any device, float dtypes: the reference and the fallback."""
+
+    name = "torch"
+    adapt_fwd = staticmethod(torch_backend.adapt_fwd)
+    adapt_bwd = staticmethod(torch_backend.adapt_bwd)
+    mlp_fwd = staticmethod(torch_backend.mlp_fwd)
+    mlp_bwd = staticmethod(torch_backend.mlp_bwd)
+
+
+def _load_ext():
+    """Import ``metakern._C`` once; returns ``(module or None, reason)``."""
+    global _EXT, _EXT_ERR
+    if _EXT is None and _EXT_ERR is None:
+        if os.environ.get("METAKERN_DISABLE_EXTENSION", "0") == "1":
+            _EXT_ERR = "disabled by METAKERN_DISABLE_EXTENSION=1"
+        else:
+            try:
+                from .. import _C  # noqa: F401  (registers torch.ops.metakern.*)
+
+                _EXT = _C
+            except ImportError as e:  # not built, or built against another torch
+                _EXT_ERR = (
+                    f"the compiled extension metakern._C is not available ({e}); "
+                    "reinstall with `pip install --no-build-isolation -e .` to build it"
+                )
+    return _EXT, _EXT_ERR
+
+
+_EXT = None
+_EXT_ERR: Optional[str] = None
+
+
+class _CompiledBackend(Backend):
+    """Ops registered by ``metakern._C`` with the dispatcher (``torch.ops.metakern``)."""
+
+    device_type = "cpu"
+
+    def unavailable(self):
+        ext, err = _load_ext()
+        if ext is None:
+            return [err]
+        return []
+
+    def limits(self, call):
+        reasons = []
+        if call.device.type != self.device_type:
+            reasons.append(f"the {self.name} backend runs on {self.device_type} tensors, got {call.device.type}")
+        if call.dtype not in (torch.float32, torch.float64):
+            reasons.append(f"the {self.name} backend supports float32 and float64, got {call.dtype}")
+        return reasons
+
+    @staticmethod
+    def adapt_fwd(theta, lr, x, y, dims, steps, loss, act):
+        return torch.ops.metakern.adapt_fwd(theta, lr, x, y, list(dims), steps, loss, act)
+
+    @staticmethod
+    def adapt_bwd(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x):
+        return torch.ops.metakern.adapt_bwd(grad, theta, lr, x, y, list(dims), steps, loss, act, first_order, need_x)
+
+    @staticmethod
+    def mlp_fwd(theta, x, dims, act):
+        return torch.ops.metakern.mlp_fwd(theta, x, list(dims), act)
+
+    @staticmethod
+    def mlp_bwd(grad_out, theta, x, dims, act, need_x):
+        return torch.ops.metakern.mlp_bwd(grad_out, theta, x, list(dims), act, need_x)
+
+
+class CppBackend(_CompiledBackend):
+    """C++ CPU kernels (``csrc/cpu``)."""
+
+    name = "cpp"
+    device_type = "cpu"
+
+
+class CudaBackend(_CompiledBackend):
+    """CUDA C++ kernels (``csrc/cuda``)."""
+
+    name = "cuda"
+    device_type = "cuda"
+
+    def unavailable(self):
+        reasons = super().unavailable()
+        if reasons:
+            return reasons
+        info = _EXT.build_info() if hasattr(_EXT, "build_info") else {}
+        if not (isinstance(info, dict) and info.get("cuda")):
+            reasons.append("metakern._C was built without CUDA kernels (no nvcc or a CPU-only torch at install time)")
+        if not torch.cuda.is_available():
+            reasons.append("no CUDA device is available")
+        return reasons
+
+
+class TritonBackend(Backend):
+    """Triton kernels (``metakern/triton``): CUDA tensors, or CPU under ``TRITON_INTERPRET=1``."""
+
+    name = "triton"
+    _mod = None
+    _err = None
+
+    def _load(self):
+        if self._mod is None and self._err is None:
+            try:
+                from ..triton import adapt as mod
+
+                type(self)._mod = mod
+            except ImportError as e:
+                type(self)._err = f"triton is not importable ({e})"
+        return self._mod, self._err
+
+    def unavailable(self):
+        mod, err = self._load()
+        return [err] if mod is None else []
+
+    def limits(self, call):
+        mod, _ = self._load()
+        return list(mod.why_not_call(call))
+
+    def adapt_fwd(self, *a):
+        return self._mod.adapt_fwd(*a)
+
+    def adapt_bwd(self, *a):
+        return self._mod.adapt_bwd(*a)
+
+    def mlp_fwd(self, *a):
+        return self._mod.mlp_fwd(*a)
+
+    def mlp_bwd(self, *a):
+        return self._mod.mlp_bwd(*a)
+
+
+_REGISTRY: Dict[str, Backend] = {
+    "torch": TorchBackend(),
+    "cpp": CppBackend(),
+    "triton": TritonBackend(),
+    "cuda": CudaBackend(),
+}
+
+# auto's preference order per device type (fastest first); see bench/NOTES.md.
+AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")}
+
+_WARNED = set()
+
+
+def get(name: str) -> Backend:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}") from None
+
+
+def available() -> Dict[str, List[str]]:
+    """``{name: reasons}`` for every backend; an empty list means available."""
+    out = {}
+    for name, b in _REGISTRY.items():
+        r = b.unavailable()
+        if not r and name == "triton" and not torch.cuda.is_available():
+            if os.environ.get("TRITON_INTERPRET", "0") != "1":
+                r = ["no CUDA device (set TRITON_INTERPRET=1 before import to run on the CPU, for tests)"]
+        out[name] = r
+    return out
+
+
+def select(name: str, call: Call) -> Backend:
+    """Resolve ``backend=name`` for ``call``; see the module docstring."""
+    if name != "auto":
+        b = get(name)
+        reasons = b.why_not(call)
+        if reasons:
+            raise RuntimeError(f"backend={name!r} cannot run this call: " + "; ".join(reasons))
+        return b
+    order = AUTO_ORDER.get(call.device.type, ("torch",))
+    passed = []
+    for cand in order:
+        b = _REGISTRY[cand]
+        if cand == "torch":
+            break
+        unavailable = b.unavailable()
+        if unavailable:
+            continue  # not built / not installed: `metakern info` says why
+        reasons = b.limits(call)
+        if not reasons:
+            return b
+        passed.append((cand, reasons))
+    for cand, reasons in passed:
+        key = (cand, tuple(reasons))
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(f"metakern: backend 'auto' skipped {cand!r}: {'; '.join(reasons)}; using the next one",
+                          RuntimeWarning, stacklevel=3)
+    return _REGISTRY["torch"]

@@ -1,0 +1,283 @@
+"""The ``torch`` backend: the readable reference of every fused kernel.
+
+Pure PyTorch, any device, batched over tasks with ``bmm``. It works on the packed
+representation of ``docs/kernels.md``: ``theta`` is ``[P]`` (shared) or ``[T, P]``
+(per task), laid out as ``W_1, b_1, ..., W_L, b_L`` in ``nn.Linear`` layout.
+
+Everything here runs without autograd: the forward pass keeps nothing, the
+backward pass recomputes the inner trajectory ``theta_0 .. theta_{K-1}`` and runs
+the reverse pass of DESIGN §3 with exact Hessian-vector products obtained from one
+forward-over-reverse (R-operator) sweep through the MLP. The kernels in ``csrc/``
+and ``metakern/triton`` mirror these functions stage by stage.
+
+Notation (per task; ``a_0 = x``; layer ``l = 1..L``):
+
+    z_l = a_{l-1} W_l^T + b_l,   a_l = s(z_l) (l < L),   out = z_L
+    delta_L = dLoss/dout,        delta_{l-1} = (delta_l W_l) * s'(z_{l-1})
+    dW_l = delta_l^T a_{l-1},    db_l = sum_n delta_l
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+# Integer codes shared with the compiled kernels (docs/kernels.md).
+ACT_IDENTITY, ACT_RELU, ACT_TANH, ACT_SIGMOID = 0, 1, 2, 3
+LOSS_MSE, LOSS_CE = 0, 1
+
+
+# ----------------------------------------------------------------------------- layout
+def layer_slices(dims: Sequence[int]) -> List[Tuple[int, int, int, int]]:
+    """Offsets of each layer in the packed vector: ``(w_off, b_off, out, in)``."""
+    out, off = [], 0
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        out.append((off, off + d_out * d_in, d_out, d_in))
+        off += d_out * (d_in + 1)
+    return out
+
+
+def num_params(dims: Sequence[int]) -> int:
+    """``P = sum_l d_l (d_{l-1} + 1)``."""
+    return sum(o * (i + 1) for i, o in zip(dims[:-1], dims[1:]))
+
+
+def unpack(theta: Tensor, dims: Sequence[int], T: int) -> Tuple[List[Tensor], List[Tensor]]:
+    """Views ``W_l`` ``[T, out, in]`` and ``b_l`` ``[T, out]`` of packed ``theta``.
+
+    A shared ``theta`` (``[P]``) is expanded over tasks without copying.
+    """
+    if theta.dim() == 1:
+        theta = theta.unsqueeze(0).expand(T, -1)
+    Ws, bs = [], []
+    for w_off, b_off, o, i in layer_slices(dims):
+        Ws.append(theta[:, w_off:b_off].view(T, o, i))
+        bs.append(theta[:, b_off:b_off + o])
+    return Ws, bs
+
+
+def pack(Ws: Sequence[Tensor], bs: Sequence[Tensor]) -> Tensor:
+    """Inverse of :func:`unpack` for per-task tensors: ``[T, P]``."""
+    T = Ws[0].shape[0]
+    parts = []
+    for W, b in zip(Ws, bs):
+        parts.append(W.reshape(T, -1))
+        parts.append(b.reshape(T, -1))
+    return torch.cat(parts, dim=1)
+
+
+# ------------------------------------------------------------------------ activations
+def act_fn(z: Tensor, act: int) -> Tensor:
+    """``a = s(z)``."""
+    if act == ACT_RELU:
+        return torch.relu(z)
+    if act == ACT_TANH:
+        return torch.tanh(z)
+    if act == ACT_SIGMOID:
+        return torch.sigmoid(z)
+    return z
+
+
+def act_d1(a: Tensor, act: int) -> Optional[Tensor]:
+    """``s'(z)`` written in terms of the output ``a = s(z)``; ``None`` means 1.
+
+    relu: ``[a > 0]`` (0 at 0, as autograd), tanh: ``1 - a^2``, sigmoid: ``a (1 - a)``.
+    """
+    if act == ACT_RELU:
+        return (a > 0).to(a.dtype)
+    if act == ACT_TANH:
+        return 1 - a * a
+    if act == ACT_SIGMOID:
+        return a * (1 - a)
+    return None
+
+
+def act_d2(a: Tensor, act: int) -> Optional[Tensor]:
+    """``s''(z)`` from ``a = s(z)``; ``None`` means 0 (identity, relu).
+
+    tanh: ``-2 a (1 - a^2)``, sigmoid: ``a (1 - a) (1 - 2a)``.
+    """
+    if act == ACT_TANH:
+        return -2 * a * (1 - a * a)
+    if act == ACT_SIGMOID:
+        return a * (1 - a) * (1 - 2 * a)
+    return None
+
+
+# ---------------------------------------------------------------------------- stages
+def mlp_forward(Ws: Sequence[Tensor], bs: Sequence[Tensor], x: Tensor, act: int) -> Tuple[List[Tensor], Tensor]:
+    """Forward pass. Returns the layer inputs ``[a_0 = x, a_1, ..., a_{L-1}]`` and ``out = z_L``."""
+    acts = [x]
+    a = x
+    L = len(Ws)
+    for l in range(L):
+        z = torch.baddbmm(bs[l].unsqueeze(1), a, Ws[l].transpose(1, 2))
+        if l < L - 1:
+            a = act_fn(z, act)
+            acts.append(a)
+        else:
+            return acts, z
+    raise AssertionError("unreachable")
+
+
+def loss_grad(out: Tensor, y: Tensor, loss: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """``dLoss/dout`` of the task-mean loss, and the softmax ``p`` for cross-entropy.
+
+    MSE ``mean((out - y)^2)`` over ``N*O`` entries: ``2 (out - y) / (N O)``.
+    Cross-entropy ``mean_n CE(out_n, y_n)``: ``(softmax(out_n) - onehot(y_n)) / N``.
+    """
+    N = out.shape[1]
+    if loss == LOSS_MSE:
+        return (out - y) * (2.0 / (N * out.shape[2])), None
+    p = torch.softmax(out, dim=-1)
+    idx = y.unsqueeze(-1)
+    g = p.scatter(-1, idx, p.gather(-1, idx) - 1)
+    return g.mul_(1.0 / N), p
+
+
+def loss_hvp(r_out: Tensor, p: Optional[Tensor], loss: int) -> Tensor:
+    """``H_out R{out}``: MSE ``2/(N O) R``; cross-entropy per point ``(p*R - p (p.R)) / N``."""
+    N = r_out.shape[1]
+    if loss == LOSS_MSE:
+        return r_out * (2.0 / (N * r_out.shape[2]))
+    pr = p * r_out
+    return (pr - p * pr.sum(-1, keepdim=True)).mul_(1.0 / N)
+
+
+def backprop(Ws: Sequence[Tensor], acts: Sequence[Tensor], d_out: Tensor, act: int, need_x: bool):
+    """Reverse sweep. Returns ``(dWs, dbs, deltas, backs, dx)``.
+
+    ``deltas[l]`` is ``delta`` at layer ``l``'s output and ``backs[l] = delta_l W_l``
+    (the gradient at layer ``l``'s input before the activation derivative), both
+    kept for the R-operator; ``dx = backs[0]`` when ``need_x``.
+    """
+    L = len(Ws)
+    dWs, dbs, deltas, backs = [None] * L, [None] * L, [None] * L, [None] * L
+    delta = d_out
+    for l in range(L - 1, -1, -1):
+        deltas[l] = delta
+        dWs[l] = torch.bmm(delta.transpose(1, 2), acts[l])
+        dbs[l] = delta.sum(1)
+        if l > 0 or need_x:
+            backs[l] = torch.bmm(delta, Ws[l])
+        if l > 0:
+            d1 = act_d1(acts[l], act)
+            delta = backs[l] if d1 is None else backs[l] * d1
+    return dWs, dbs, deltas, backs, backs[0] if need_x else None
+
+
+def task_grad(theta: Tensor, x: Tensor, y: Tensor, dims, loss: int, act: int, need_x: bool = False):
+    """``g = grad_theta L(theta; x, y)`` packed ``[T, P]``, with the cache the R-operator needs."""
+    T = x.shape[0]
+    Ws, bs = unpack(theta, dims, T)
+    acts, out = mlp_forward(Ws, bs, x, act)
+    d_out, p = loss_grad(out, y, loss)
+    dWs, dbs, deltas, backs, _ = backprop(Ws, acts, d_out, act, need_x=False)
+    cache = (Ws, acts, deltas, backs, p)
+    return pack(dWs, dbs), cache
+
+
+def hvp(cache, u: Tensor, dims, loss: int, act: int, need_x: bool):
+    """One R-operator sweep: ``H u`` packed ``[T, P]`` and the mixed term ``R{delta_0}``.
+
+    Forward (``R{a_0} = 0``): ``R{z_l} = R{a_{l-1}} W_l^T + a_{l-1} uW_l^T + ub_l``,
+    ``R{a_l} = s'(z_l) R{z_l}``. Backward: ``R{delta_L} = H_out R{z_L}``,
+    ``R{dW_l} = R{delta_l}^T a_{l-1} + delta_l^T R{a_{l-1}}``, ``R{db_l} = sum R{delta_l}``,
+    ``R{delta_{l-1}} = (R{delta_l} W_l + delta_l uW_l) s'(z_{l-1}) + (delta_l W_l) s''(z_{l-1}) R{z_{l-1}}``,
+    ``R{delta_0} = R{delta_1} W_1 + delta_1 uW_1`` (= d/dx of ``u . grad_theta L``).
+    """
+    Ws, acts, deltas, backs, p = cache
+    T = u.shape[0]
+    uWs, ubs = unpack(u, dims, T)
+    L = len(Ws)
+    r_z, r_a = [None] * L, [None] * L  # r_a[l] = R{a_l}, the tangent of layer l's input
+    for l in range(L):
+        rz = torch.baddbmm(ubs[l].unsqueeze(1), acts[l], uWs[l].transpose(1, 2))
+        if l > 0:
+            rz = torch.baddbmm(rz, r_a[l], Ws[l].transpose(1, 2))
+        r_z[l] = rz
+        if l < L - 1:
+            d1 = act_d1(acts[l + 1], act)
+            r_a[l + 1] = rz if d1 is None else rz * d1
+    r_delta = loss_hvp(r_z[L - 1], p, loss)
+    rWs, rbs = [None] * L, [None] * L
+    r_dx = None
+    for l in range(L - 1, -1, -1):
+        rW = torch.bmm(r_delta.transpose(1, 2), acts[l])
+        if l > 0:
+            rW = torch.baddbmm(rW, deltas[l].transpose(1, 2), r_a[l])
+        rWs[l], rbs[l] = rW, r_delta.sum(1)
+        if l > 0 or need_x:
+            back = torch.baddbmm(torch.bmm(r_delta, Ws[l]), deltas[l], uWs[l])
+        if l > 0:
+            a = acts[l]
+            d1, d2 = act_d1(a, act), act_d2(a, act)
+            r_delta = back if d1 is None else back * d1
+            if d2 is not None:
+                r_delta = r_delta + backs[l] * d2 * r_z[l - 1]
+        elif need_x:
+            r_dx = back
+    return pack(rWs, rbs), r_dx
+
+
+def _per_task(theta: Tensor, T: int) -> Tensor:
+    return theta.unsqueeze(0).expand(T, -1) if theta.dim() == 1 else theta
+
+
+# ----------------------------------------------------------------------- fused ops
+@torch.no_grad()
+def adapt_fwd(theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims, steps: int, loss: int, act: int) -> Tensor:
+    """``theta_{k+1} = theta_k - lr * grad L(theta_k)`` for ``k < steps``; returns ``theta_K`` ``[T, P]``."""
+    T = x.shape[0]
+    th = _per_task(theta, T).clone(memory_format=torch.contiguous_format)
+    for _ in range(steps):
+        g, _ = task_grad(th, x, y, dims, loss, act)
+        th.addcmul_(g, lr, value=-1.0)
+    return th
+
+
+@torch.no_grad()
+def adapt_bwd(grad: Tensor, theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims, steps: int, loss: int,
+              act: int, first_order: bool, need_x: bool):
+    """Reverse pass of DESIGN §3 with ``v_K = grad``; returns per-task ``(v_0, g_lr, g_x)``.
+
+    For ``k = K-1 .. 0``: ``u = lr * v_{k+1}``; ``g_lr -= g_k * v_{k+1}``; second order:
+    ``v_k = v_{k+1} - H_k u`` and ``g_x -= R{delta_0}``.
+    """
+    T = x.shape[0]
+    th = _per_task(theta, T)
+    traj = []  # theta_0 .. theta_{K-1}: parameters only, no activations
+    for k in range(steps):
+        traj.append(th)
+        if k < steps - 1:
+            g, _ = task_grad(th, x, y, dims, loss, act)
+            th = torch.addcmul(th, g, lr, value=-1.0)
+    v = grad.clone(memory_format=torch.contiguous_format)
+    g_lr = torch.zeros_like(v)
+    g_x = torch.zeros_like(x)
+    for k in range(steps - 1, -1, -1):
+        g, cache = task_grad(traj[k], x, y, dims, loss, act)
+        g_lr.addcmul_(g, v, value=-1.0)
+        if not first_order:
+            hu, r_dx = hvp(cache, v * lr, dims, loss, act, need_x)
+            v.sub_(hu)
+            if need_x:
+                g_x.sub_(r_dx)
+    return v, g_lr, g_x
+
+
+@torch.no_grad()
+def mlp_fwd(theta: Tensor, x: Tensor, dims, act: int) -> Tensor:
+    """Batched MLP forward ``[T, N, O]`` with packed parameters."""
+    Ws, bs = unpack(theta, dims, x.shape[0])
+    return mlp_forward(Ws, bs, x, act)[1]
+
+
+@torch.no_grad()
+def mlp_bwd(grad_out: Tensor, theta: Tensor, x: Tensor, dims, act: int, need_x: bool):
+    """Backward of :func:`mlp_fwd`: per-task ``(g_theta [T, P], g_x [T, N, D])``."""
+    Ws, bs = unpack(theta, dims, x.shape[0])
+    acts, _ = mlp_forward(Ws, bs, x, act)
+    dWs, dbs, _, _, dx = backprop(Ws, acts, grad_out, act, need_x)
+    return pack(dWs, dbs), dx if need_x else torch.zeros_like(x)
