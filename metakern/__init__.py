@@ -4,7 +4,10 @@
 >>> maml = mk.MAML(mk.MLP(1, [40, 40], 1), lr=0.01, steps=1)
 """
 from .version import __version__
-from . import backends, functional
+from . import backends, functional, tasks
 from .functional import adapt, forward
+from .learners import ANIL, MAML, FastModel, MetaSGD, Reptile
+from .nn import MLP
 
-__all__ = ["__version__", "adapt", "forward", "backends", "functional"]
+__all__ = ["__version__", "adapt", "forward", "backends", "functional", "tasks", "MLP", "MAML", "MetaSGD",
+           "Reptile", "ANIL", "FastModel"]

@@ -1,0 +1,96 @@
+"""Model helpers: the ``MLP`` module and recognition of models the fused kernels cover."""
+from __future__ import annotations
+
+import numbers
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+_ACT_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Identity: "identity"}
+_ACT_FACTORY = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+
+
+class MLP(nn.Sequential):
+    """A multilayer perceptron ``Linear -> act -> ... -> Linear`` (no activation at the end).
+
+    Args:
+        in_features: input width ``D``.
+        hidden: hidden widths: an int (one hidden layer), a sequence (any depth;
+            empty gives a linear model), or ``None``.
+        out_features: output width ``O``.
+        activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"identity"``.
+
+    It is an ``nn.Sequential`` of ``nn.Linear`` and activation modules, so the fused
+    kernels cover it. Works on ``[N, D]`` and ``[T, N, D]`` inputs.
+
+    >>> net = MLP(1, [40, 40], 1)
+    >>> net(torch.zeros(5, 1)).shape
+    torch.Size([5, 1])
+    """
+
+    def __init__(self, in_features: int, hidden: Union[int, Sequence[int], None], out_features: int,
+                 activation: str = "relu"):
+        if activation not in _ACT_FACTORY:
+            raise ValueError(f"activation must be one of {tuple(_ACT_FACTORY)}, got {activation!r}")
+        if hidden is None:
+            hidden = []
+        elif isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+            hidden = [int(hidden)]
+        elif not isinstance(hidden, (list, tuple)):
+            raise TypeError(f"hidden must be an int or a list of ints, got {type(hidden).__name__}")
+        widths = [in_features, *hidden, out_features]
+        for name, w in zip(["in_features"] + [f"hidden[{i}]" for i in range(len(hidden))] + ["out_features"], widths):
+            if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1:
+                raise ValueError(f"{name} must be a positive int, got {w!r}")
+        layers: List[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(int(a), int(b)))
+            if i < len(widths) - 2:
+                layers.append(_ACT_FACTORY[activation]())
+        super().__init__(*layers)
+        self.activation = activation
+        self.dims = tuple(int(w) for w in widths)
+
+
+def fused_spec(model: nn.Module) -> Tuple[Optional[Tuple[Tuple[int, ...], str]], str]:
+    """``((dims, activation), "")`` if the fused kernels cover ``model``, else ``(None, why)``.
+
+    Covered: a single ``nn.Linear`` with bias, or an ``nn.Sequential`` (``MLP``
+    included) of ``nn.Linear`` layers with bias, separated by one kind of
+    supported activation module, with no activation after the last layer.
+    """
+    if isinstance(model, nn.Linear):
+        if model.bias is None:
+            return None, "nn.Linear without bias"
+        return ((model.in_features, model.out_features), "identity"), ""
+    if type(model) not in (nn.Sequential, MLP):
+        return None, f"{type(model).__name__} is not an nn.Linear or nn.Sequential"
+    mods = list(model)
+    if not mods or not isinstance(mods[-1], nn.Linear):
+        return None, "the last module is not an nn.Linear"
+    dims, act = [], None
+    expect_linear = True
+    for m in mods:
+        if expect_linear:
+            if type(m) is not nn.Linear:
+                return None, f"expected nn.Linear, found {type(m).__name__}"
+            if m.bias is None:
+                return None, "an nn.Linear without bias"
+            if dims and m.in_features != dims[-1]:
+                return None, "layer widths do not chain"
+            if not dims:
+                dims.append(m.in_features)
+            dims.append(m.out_features)
+            expect_linear = False
+        else:
+            kind = _ACT_MODULES.get(type(m))
+            if kind is None:
+                return None, f"unsupported module {type(m).__name__} between layers"
+            if act is not None and kind != act:
+                return None, "mixed activations"
+            act = kind
+            expect_linear = True
+    if len(dims) > 2 and act is None:
+        act = "identity"  # consecutive Linear layers cannot occur (checked above)
+    return (tuple(dims), act or "identity"), ""

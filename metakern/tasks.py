@@ -1,0 +1,399 @@
+"""Task samplers for meta-learning.
+
+Every sampler has ``sample(batch_size, generator=None, device=None,
+dtype=torch.float32)`` returning ``(x_support, y_support, x_query, y_query)``, each
+batched with a leading task dimension ``T = batch_size``. All randomness is drawn on
+the CPU from ``generator`` (a CPU ``torch.Generator``; ``None`` uses torch's global
+generator), so a fixed seed gives identical batches on every device; the data are
+then moved with ``.to(device)``. Returned tensors are contiguous.
+
+Samplers also carry ``in_features``, ``out_features`` and ``loss`` (``"mse"`` or
+``"cross_entropy"``) describing the model a task needs.
+
+* :class:`Sinusoid` -- the MAML sine-wave regression benchmark.
+* :class:`LinearRegression` -- one random affine map per task.
+* :class:`FewShotClassification` -- N-way K-shot episodes over a labelled tensor
+  dataset, with disjoint class splits via ``classes=`` or :meth:`~FewShotClassification.split`.
+* :func:`digits` -- few-shot episodes over scikit-learn's digits (a small demo).
+* :func:`make_task` -- build one of the above by name.
+"""
+import math
+import numbers
+
+import torch
+
+__all__ = ["Sinusoid", "LinearRegression", "FewShotClassification", "digits", "make_task"]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}; pass an int >= {minimum}")
+    return value
+
+
+def _real(name, value, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}; pass a finite number")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}; pass a number >= {minimum}")
+    return value
+
+
+def _range(name, value, minimum=None):
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
+    low, high = _real(f"{name}[0]", value[0], minimum), _real(f"{name}[1]", value[1], minimum)
+    if low > high:
+        raise ValueError(f"{name} must have low <= high, got {value!r}; swap the two ends")
+    return (low, high)
+
+
+def _generator(generator):
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+            "create one with torch.Generator().manual_seed(seed)"
+        )
+    if generator.device.type != "cpu":
+        raise ValueError(
+            f"generator must be a CPU torch.Generator, got one on {generator.device}; "
+            "samplers draw on the CPU, create it with torch.Generator() and pass device= instead"
+        )
+    return generator
+
+
+def _sample_args(batch_size, generator, device, dtype):
+    batch_size = _int("batch_size", batch_size)
+    generator = _generator(generator)
+    if device is not None:
+        if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+            raise TypeError(f"device must be a str, torch.device or None, got {type(device).__name__}")
+        try:
+            device = torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(f"device {device!r} is not a valid torch device: {e}") from None
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__} {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}; use torch.float32 or torch.float64")
+    return batch_size, generator, device, dtype
+
+
+def _out(t, device, dtype=None):
+    return t.to(device=device, dtype=dtype).contiguous()
+
+
+def _uniform(shape, low, high, generator):
+    # float64 draws: the same seed gives the same values whatever the output dtype.
+    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+
+
+def _is_int_tensor(t):
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+# ----------------------------------------------------------------------------- regression
+
+
+class Sinusoid:
+    """Sine-wave regression (Finn et al., 2017): ``y = A * sin(x - phi)``.
+
+    Per task ``A ~ U[amplitude]`` and ``phi ~ U[phase]``; every point has
+    ``x ~ U[x_range]``. Support and query points of a task share ``A`` and ``phi``.
+    Shapes: x and y are ``[T, shots, 1]`` (support) and ``[T, queries, 1]`` (query).
+
+    >>> task = Sinusoid(shots=5, queries=7)
+    >>> xs, ys, xq, yq = task.sample(4, generator=torch.Generator().manual_seed(0))
+    >>> xs.shape, ys.shape, xq.shape, yq.shape
+    (torch.Size([4, 5, 1]), torch.Size([4, 5, 1]), torch.Size([4, 7, 1]), torch.Size([4, 7, 1]))
+    """
+
+    in_features = 1
+    out_features = 1
+    loss = "mse"
+
+    def __init__(self, shots=10, queries=10, amplitude=(0.1, 5.0), phase=(0.0, math.pi), x_range=(-5.0, 5.0)):
+        self.shots = _int("shots", shots)
+        self.queries = _int("queries", queries)
+        self.amplitude = _range("amplitude", amplitude, minimum=0.0)
+        self.phase = _range("phase", phase)
+        self.x_range = _range("x_range", x_range)
+
+    def sample(self, batch_size, generator=None, device=None, dtype=torch.float32):
+        """Return ``(x_support, y_support, x_query, y_query)`` for ``batch_size`` tasks."""
+        return self.sample_with_params(batch_size, generator, device, dtype)[:4]
+
+    def sample_with_params(self, batch_size, generator=None, device=None, dtype=torch.float32):
+        """Like :meth:`sample`, plus a dict with the ``"amplitude"`` and ``"phase"`` ``[T]`` of each task."""
+        T, g, device, dtype = _sample_args(batch_size, generator, device, dtype)
+        amp = _uniform((T, 1, 1), *self.amplitude, g)
+        phase = _uniform((T, 1, 1), *self.phase, g)
+        x = _uniform((T, self.shots + self.queries, 1), *self.x_range, g)
+        y = amp * torch.sin(x - phase)
+        s = self.shots
+        params = {"amplitude": _out(amp.view(T), device, dtype), "phase": _out(phase.view(T), device, dtype)}
+        return (_out(x[:, :s], device, dtype), _out(y[:, :s], device, dtype),
+                _out(x[:, s:], device, dtype), _out(y[:, s:], device, dtype), params)
+
+    def __repr__(self):
+        return (f"Sinusoid(shots={self.shots}, queries={self.queries}, amplitude={self.amplitude}, "
+                f"phase={self.phase}, x_range={self.x_range})")
+
+
+class LinearRegression:
+    """Random affine regression: ``y = x W^T + b + noise * eps`` with one ``(W, b)`` per task.
+
+    ``W [out_features, in_features]`` and ``b [out_features]`` have i.i.d.
+    ``N(0, weight_scale^2)`` entries, ``x`` and ``eps`` are standard normal. With
+    ``noise=0`` every task is exactly affine. x is ``[T, n, in_features]`` and y is
+    ``[T, n, out_features]`` with ``n = shots`` (support) or ``queries`` (query).
+
+    >>> task = LinearRegression(in_features=3, out_features=2, shots=8, queries=4)
+    >>> xs, ys, xq, yq = task.sample(5, generator=torch.Generator().manual_seed(0))
+    >>> xs.shape, ys.shape, xq.shape, yq.shape
+    (torch.Size([5, 8, 3]), torch.Size([5, 8, 2]), torch.Size([5, 4, 3]), torch.Size([5, 4, 2]))
+    """
+
+    loss = "mse"
+
+    def __init__(self, in_features=10, out_features=1, shots=10, queries=10, noise=0.0, weight_scale=1.0):
+        self.in_features = _int("in_features", in_features)
+        self.out_features = _int("out_features", out_features)
+        self.shots = _int("shots", shots)
+        self.queries = _int("queries", queries)
+        self.noise = _real("noise", noise, minimum=0.0)
+        self.weight_scale = _real("weight_scale", weight_scale, minimum=0.0)
+
+    def sample(self, batch_size, generator=None, device=None, dtype=torch.float32):
+        """Return ``(x_support, y_support, x_query, y_query)`` for ``batch_size`` tasks."""
+        return self.sample_with_params(batch_size, generator, device, dtype)[:4]
+
+    def sample_with_params(self, batch_size, generator=None, device=None, dtype=torch.float32):
+        """Like :meth:`sample`, plus a dict with each task's ``"weight"`` ``[T, out, in]`` and ``"bias"`` ``[T, out]``."""
+        T, g, device, dtype = _sample_args(batch_size, generator, device, dtype)
+        f64 = torch.float64
+        n, d, o = self.shots + self.queries, self.in_features, self.out_features
+        w = self.weight_scale * torch.randn(T, o, d, generator=g, dtype=f64)
+        b = self.weight_scale * torch.randn(T, o, generator=g, dtype=f64)
+        x = torch.randn(T, n, d, generator=g, dtype=f64)
+        eps = torch.randn(T, n, o, generator=g, dtype=f64)  # drawn even when noise=0: same x, W for any noise
+        y = x @ w.transpose(1, 2) + b[:, None, :] + self.noise * eps
+        s = self.shots
+        params = {"weight": _out(w, device, dtype), "bias": _out(b, device, dtype)}
+        return (_out(x[:, :s], device, dtype), _out(y[:, :s], device, dtype),
+                _out(x[:, s:], device, dtype), _out(y[:, s:], device, dtype), params)
+
+    def __repr__(self):
+        return (f"LinearRegression(in_features={self.in_features}, out_features={self.out_features}, "
+                f"shots={self.shots}, queries={self.queries}, noise={self.noise}, weight_scale={self.weight_scale})")
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def _class_ids(classes):
+    if isinstance(classes, torch.Tensor):
+        if not _is_int_tensor(classes):
+            raise TypeError(f"classes must hold integer class ids, got a tensor of dtype {classes.dtype}")
+        if classes.dim() != 1:
+            raise ValueError(f"classes must be 1-D, got shape {tuple(classes.shape)}; pass a flat list of class ids")
+        ids = [int(c) for c in classes.tolist()]
+    elif isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise TypeError(f"classes must be a sequence of int class ids or None, got {type(classes).__name__}")
+    else:
+        ids = [_int(f"classes[{i}]", c, minimum=None) for i, c in enumerate(classes)]
+    if not ids:
+        raise ValueError("classes is empty; pass at least `ways` class ids, or None for all classes")
+    if len(set(ids)) != len(ids):
+        dup = sorted({c for c in ids if ids.count(c) > 1})
+        raise ValueError(f"classes has repeated ids {dup}; list each class once")
+    return sorted(ids)
+
+
+class FewShotClassification:
+    """N-way K-shot classification episodes over a labelled dataset.
+
+    ``features`` is a float tensor ``[M, F]`` and ``labels`` an integer tensor ``[M]``
+    (any class ids). Each task draws ``ways`` distinct classes from the pool
+    (``classes``, default: every class in ``labels``), relabels them ``0..ways-1`` in
+    a random order, and draws ``shots + queries`` distinct examples per class without
+    replacement: the first ``shots`` go to the support set, the rest to the query
+    set, so no example is in both. Sets are class-major (all examples of label 0,
+    then label 1, ...): x_support ``[T, ways*shots, F]``, y_support
+    ``[T, ways*shots]`` int64, and likewise ``ways*queries`` for the query set.
+    ``dtype`` applies to x; ``device=None`` keeps the device of ``features``.
+
+    Disjoint meta-train / meta-test classes: ``train, test = task.split(n)`` puts
+    ``n`` classes in ``train`` and the rest in ``test``; or pass ``classes=`` yourself
+    (e.g. ``classes=test.classes`` with other ``ways``/``shots`` for evaluation).
+    Every pool class needs at least ``shots + queries`` examples.
+
+    >>> features = torch.randn(100, 4)
+    >>> labels = torch.arange(100) % 10           # 10 classes, 10 examples each
+    >>> train, test = FewShotClassification(features, labels, ways=3, shots=2, queries=5).split(6)
+    >>> sorted(set(train.classes) | set(test.classes)) == list(range(10)), set(train.classes) & set(test.classes)
+    (True, set())
+    >>> xs, ys, xq, yq = train.sample(8, generator=torch.Generator().manual_seed(0))
+    >>> xs.shape, ys.shape, xq.shape, yq.shape, ys.dtype
+    (torch.Size([8, 6, 4]), torch.Size([8, 6]), torch.Size([8, 15, 4]), torch.Size([8, 15]), torch.int64)
+    """
+
+    loss = "cross_entropy"
+
+    def __init__(self, features, labels, ways, shots, queries, classes=None):
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"features must be a torch.Tensor [M, F], got {type(features).__name__}; "
+                            "convert with torch.as_tensor(features, dtype=torch.float32)")
+        if not features.is_floating_point():
+            raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}; use features.float()")
+        if features.dim() != 2:
+            raise ValueError(f"features must be 2-D [M, F], got shape {tuple(features.shape)}; flatten with features.flatten(1)")
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor [M] of int64 class ids, got {type(labels).__name__}; "
+                            "convert with torch.as_tensor(labels, dtype=torch.int64)")
+        if not _is_int_tensor(labels):
+            raise TypeError(f"labels must be an integer (int64) tensor, got dtype {labels.dtype}; use labels.long()")
+        if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+            raise ValueError(f"labels must have shape [M] = [{features.shape[0]}] to match features, "
+                             f"got {tuple(labels.shape)}; pass one label per row of features")
+        self.ways = _int("ways", ways)
+        self.shots = _int("shots", shots)
+        self.queries = _int("queries", queries)
+        self.features = features
+        self.labels = labels.detach().to("cpu", torch.int64)
+        present = torch.unique(self.labels).tolist()
+        if classes is None:
+            pool = present
+        else:
+            pool = _class_ids(classes)
+            missing = sorted(set(pool) - set(present))
+            if missing:
+                raise ValueError(f"classes has ids not found in labels: {missing[:10]}; pass only ids present in labels")
+        if self.ways > len(pool):
+            raise ValueError(f"ways={self.ways} exceeds the {len(pool)} classes available; "
+                             "lower ways or pass more classes")
+        members = [torch.nonzero(self.labels == c).flatten() for c in pool]
+        counts = torch.tensor([len(m) for m in members], dtype=torch.int64)
+        need = self.shots + self.queries
+        smallest = int(counts.argmin())
+        if int(counts[smallest]) < need:
+            raise ValueError(f"shots + queries = {self.shots} + {self.queries} = {need} examples per class are needed, "
+                             f"but class {pool[smallest]} has only {int(counts[smallest])}; lower shots or queries, "
+                             "or leave that class out with classes=")
+        self.classes = tuple(pool)
+        self.in_features = int(features.shape[1])
+        self.out_features = self.ways
+        self._counts = counts
+        self._members = torch.nn.utils.rnn.pad_sequence(members, batch_first=True, padding_value=-1)  # [C, max]
+
+    def sample_indices(self, batch_size, generator=None):
+        """Draw episodes as indices into ``features``: ``(support [T, ways*shots], query [T, ways*queries],
+        task_classes [T, ways])``, int64 on the CPU; ``task_classes[t, k]`` is the original class id given label ``k``.
+        :meth:`sample` uses exactly these draws."""
+        T = _int("batch_size", batch_size)
+        g = _generator(generator)
+        f64 = torch.float64
+        W, need, width = self.ways, self.shots + self.queries, self._members.shape[1]
+        pick = torch.rand(T, len(self.classes), generator=g, dtype=f64).argsort(dim=1, stable=True)[:, :W]
+        keys = torch.rand(T, W, width, generator=g, dtype=f64)
+        keys = keys.masked_fill(torch.arange(width) >= self._counts[pick][..., None], 2.0)  # padding sorts last
+        order = keys.argsort(dim=-1, stable=True)[..., :need]
+        idx = torch.gather(self._members[pick], 2, order)  # [T, W, need]
+        s = self.shots
+        support = idx[..., :s].reshape(T, W * s)
+        query = idx[..., s:].reshape(T, W * self.queries)
+        return support, query, torch.tensor(self.classes, dtype=torch.int64)[pick]
+
+    def sample(self, batch_size, generator=None, device=None, dtype=torch.float32):
+        """Return ``(x_support, y_support, x_query, y_query)`` for ``batch_size`` episodes."""
+        T, g, device, dtype = _sample_args(batch_size, generator, device, dtype)
+        support, query, _ = self.sample_indices(T, g)
+        dev = self.features.device if device is None else device
+        src = self.features.device
+        W = self.ways
+        y_s = torch.arange(W).repeat_interleave(self.shots).expand(T, -1)
+        y_q = torch.arange(W).repeat_interleave(self.queries).expand(T, -1)
+        return (_out(self.features[support.to(src)], dev, dtype), _out(y_s, dev),
+                _out(self.features[query.to(src)], dev, dtype), _out(y_q, dev))
+
+    def split(self, n_train_classes, generator=None):
+        """Split the class pool into two disjoint samplers ``(first, second)`` with the same ways/shots/queries.
+
+        ``first`` gets ``n_train_classes`` classes, ``second`` the rest: chosen at random
+        from ``generator`` if given, else the lowest ids go to ``first``. Each part must
+        still hold at least ``ways`` classes.
+        """
+        C = len(self.classes)
+        n = _int("n_train_classes", n_train_classes)
+        if n >= C:
+            raise ValueError(f"n_train_classes must be < the {C} classes available, got {n}; "
+                             "leave at least one class for the second split")
+        g = _generator(generator)
+        order = torch.arange(C) if g is None else torch.randperm(C, generator=g)
+        first = [self.classes[i] for i in order[:n].tolist()]
+        second = [self.classes[i] for i in order[n:].tolist()]
+        make = lambda cls: FewShotClassification(self.features, self.labels, self.ways, self.shots, self.queries, cls)
+        return make(first), make(second)
+
+    def __repr__(self):
+        return (f"FewShotClassification(M={self.features.shape[0]}, F={self.in_features}, ways={self.ways}, "
+                f"shots={self.shots}, queries={self.queries}, classes={len(self.classes)})")
+
+
+_DIGITS_SPLITS = {"train": tuple(range(0, 5)), "test": tuple(range(5, 10)), "all": tuple(range(10))}
+
+
+def digits(ways=5, shots=1, queries=15, split="train"):
+    """Few-shot episodes over scikit-learn's bundled digits (8x8 images, 64 features in [0, 1]).
+
+    ``split="train"`` draws from digits 0-4, ``"test"`` from 5-9 (disjoint), ``"all"``
+    from 0-9. With only 10 classes (about 180 images each) this is a demo and smoke
+    test of the classification path, not a benchmark. Needs scikit-learn
+    (``pip install scikit-learn`` or ``pip install metakern[digits]``).
+
+    >>> task = digits(ways=5, shots=1, queries=15, split="train")  # doctest: +SKIP
+    >>> xs, ys, xq, yq = task.sample(4, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+    >>> xs.shape, xq.shape  # doctest: +SKIP
+    (torch.Size([4, 5, 64]), torch.Size([4, 75, 64]))
+    """
+    if not isinstance(split, str):
+        raise TypeError(f"split must be a str, got {type(split).__name__}")
+    if split not in _DIGITS_SPLITS:
+        raise ValueError(f"split must be one of {sorted(_DIGITS_SPLITS)}, got {split!r}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError("metakern.tasks.digits needs scikit-learn, which is not installed: "
+                          "pip install scikit-learn (or pip install metakern[digits])") from e
+    data = load_digits()
+    features = torch.as_tensor(data.data, dtype=torch.float32) / 16.0
+    labels = torch.as_tensor(data.target, dtype=torch.int64)
+    return FewShotClassification(features, labels, ways, shots, queries, classes=_DIGITS_SPLITS[split])
+
+
+_TASKS = {"sine": Sinusoid, "linear": LinearRegression, "digits": digits}
+
+
+def make_task(name, **kw):
+    """Build a sampler by name: ``"sine"`` -> :class:`Sinusoid`, ``"linear"`` ->
+    :class:`LinearRegression`, ``"digits"`` -> :func:`digits`; ``kw`` go to that constructor.
+
+    >>> make_task("sine", shots=5)
+    Sinusoid(shots=5, queries=10, amplitude=(0.1, 5.0), phase=(0.0, 3.141592653589793), x_range=(-5.0, 5.0))
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}; choose from {sorted(_TASKS)}")
+    if name not in _TASKS:
+        raise ValueError(f"unknown task name {name!r}; choose from {sorted(_TASKS)}")
+    return _TASKS[name](**kw)

@@ -1,0 +1,80 @@
+"""Shared test helpers: backends under test, random problems, comparisons."""
+import hashlib
+import os
+
+import pytest
+import torch
+
+import metakern.backends as B
+
+
+def backends_under_test():
+    """Every backend that can run here; triton on CPU only under TRITON_INTERPRET=1."""
+    out = []
+    for name, reasons in B.available().items():
+        if not reasons:
+            out.append(name)
+    return out
+
+
+def devices_for(backend):
+    if backend in ("cuda",):
+        return ["cuda"]
+    if backend == "triton":
+        return ["cuda"] if torch.cuda.is_available() else ["cpu"]
+    if backend == "cpp":
+        return ["cpu"]
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def seeded(request_or_str):
+    """A generator seeded from the test id: fresh inputs per case, reproducible on failure."""
+    s = request_or_str if isinstance(request_or_str, str) else request_or_str.node.nodeid
+    seed = int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) ^ int(os.environ.get("METAKERN_TEST_SEED", "0"))
+    return torch.Generator().manual_seed(seed)
+
+
+def make_problem(g, dims, T, N, loss, dtype=torch.float64, per_task=False, lr_kind="float", scale=0.5):
+    """Random MLP parameters, data and learning rate (all CPU, float64 unless asked)."""
+    params = []
+    for l, (i, o) in enumerate(zip(dims[:-1], dims[1:])):
+        pt = per_task if isinstance(per_task, bool) else per_task[l]
+        shapeW = (T, o, i) if pt else (o, i)
+        shapeb = (T, o) if pt else (o,)
+        params.append(torch.randn(shapeW, generator=g, dtype=dtype) * (scale * (2.0 / (i + o)) ** 0.5 * 2))
+        params.append(torch.randn(shapeb, generator=g, dtype=dtype) * 0.1)
+    x = torch.randn(T, N, dims[0], generator=g, dtype=dtype)
+    if loss == "mse":
+        y = torch.randn(T, N, dims[-1], generator=g, dtype=dtype)
+    else:
+        y = torch.randint(0, dims[-1], (T, N), generator=g)
+    if lr_kind == "float":
+        lr = 0.05 + 0.2 * float(torch.rand((), generator=g))
+    elif lr_kind == "scalar":
+        lr = (0.05 + 0.2 * torch.rand((), generator=g, dtype=dtype))
+    else:
+        lr = [0.05 + 0.2 * torch.rand(p.shape[1:] if p.dim() == (3 if k % 2 == 0 else 2) else p.shape,
+                                      generator=g, dtype=dtype) for k, p in enumerate(params)]
+    return params, x, y, lr
+
+
+def assert_close(actual, expected, rtol, name=""):
+    """Max error relative to the reference's max magnitude; prints the worst index."""
+    assert actual is not None and expected is not None, f"{name}: missing gradient"
+    actual = actual.detach().to(torch.float64).cpu()
+    expected = expected.detach().to(torch.float64).cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
+    err = (actual - expected).abs()
+    scale = expected.abs().max().clamp_min(1e-30)
+    worst = err.max()
+    if worst > rtol * scale + 1e-300:
+        idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+        raise AssertionError(f"{name}: max error {worst:.3e} at {idx} (got {actual[idx]:.6e}, expected "
+                             f"{expected[idx]:.6e}); allowed {rtol:.1e} x max|ref| = {rtol * scale:.3e}")
+
+
+# fp64 kernels against fp64 autograd: only rounding-order differences, ~1e-15 per op.
+# fp32 kernels against fp64 autograd: a few ulps (1.2e-7) per op, grown by the depth
+# of the unrolled computation (K steps of forward, backward and HVP); 2e-4 is the target.
+RTOL = {torch.float64: 1e-9, torch.float32: 2e-4}
