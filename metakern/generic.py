@@ -5,6 +5,14 @@ the outer autograd differentiates through it, so second-order MAML works for
 models the fused kernels do not cover (CNNs, bias-free layers, normalisation).
 It keeps the whole unrolled graph, as torch.func always does; the fused path
 exists to avoid exactly that.
+
+Two modes. ``vmap`` batches the tasks with torch.func. ``loop`` adapts one task at
+a time with ``torch.autograd.grad(create_graph=True)``, as learn2learn and higher
+do. ``auto`` takes ``vmap`` only when every leaf module of the model is of a type
+whose second derivative under ``vmap`` has been checked against the loop
+(``VMAP_SAFE``), and ``loop`` otherwise: with torch 2.14, for example, ``vmap`` over
+``grad`` through ``nn.LayerNorm`` gives a wrong second-order meta-gradient (about
+1% off), silently, so LayerNorm models take the loop.
 """
 from __future__ import annotations
 
@@ -14,6 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+
+
+VMAP_SAFE = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.Flatten, nn.Unflatten, nn.Identity,
+    nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+)
+
+
+def choose_mode(module: nn.Module) -> str:
+    """``"vmap"`` if every leaf module is in :data:`VMAP_SAFE`, else ``"loop"``."""
+    for m in module.modules():
+        if not list(m.children()) and not isinstance(m, VMAP_SAFE):
+            return "loop"
+    return "vmap"
 
 
 def task_loss(pred: Tensor, y: Tensor, loss: str) -> Tensor:
@@ -47,6 +70,26 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tenso
     return vmap(one_task, randomness="different")(x, y)
 
 
+def adapt_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], lrs: Dict[str, Tensor],
+               x: Tensor, y: Tensor, *, steps: int, loss: str, first_order: bool) -> Dict[str, Tensor]:
+    """Same result as :func:`adapt`, one task at a time with ``torch.autograd.grad``."""
+    names = list(params)
+    per_task = []
+    need_graph = torch.is_grad_enabled()
+    for t in range(x.shape[0]):
+        p = [params[n] for n in names]
+        for _ in range(steps):
+            with torch.enable_grad():
+                q = [v if v.requires_grad else v.detach().requires_grad_() for v in p]
+                out = task_loss(functional_call(module, (dict(zip(names, q)), buffers), (x[t],)), y[t], loss)
+                gs = torch.autograd.grad(out, q, create_graph=need_graph and not first_order)
+            if not need_graph:
+                q = [v.detach() for v in q]
+            p = [a - lrs[n] * (g.detach() if first_order else g) for n, a, g in zip(names, q, gs)]
+        per_task.append(p)
+    return {n: torch.stack([pt[i] for pt in per_task]) for i, n in enumerate(names)}
+
+
 def forward(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], x: Tensor) -> Tensor:
     """``module`` applied per task with its own parameters: ``x`` ``[T, N, ...]``."""
 
@@ -54,3 +97,9 @@ def forward(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Ten
         return functional_call(module, (p, buffers), (xt,))
 
     return vmap(one_task, randomness="different")(params, x)
+
+
+def forward_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], x: Tensor) -> Tensor:
+    """Same as :func:`forward`, one task at a time."""
+    return torch.stack([functional_call(module, ({n: v[t] for n, v in params.items()}, buffers), (x[t],))
+                        for t in range(x.shape[0])])

@@ -77,10 +77,10 @@ class _FusedFast(FastModel):
 
 
 class _GenericFast(FastModel):
-    def __init__(self, module, params: Dict[str, Tensor], buffers):
+    def __init__(self, module, params: Dict[str, Tensor], buffers, mode: str):
         super().__init__(tasks=next(iter(params.values())).shape[0])
         self._module = [module]  # not a submodule: the fast model owns no meta-parameters
-        self._params, self._buffers_d = params, buffers
+        self._params, self._buffers_d, self.mode = params, buffers, mode
 
     @property
     def params(self) -> List[Tensor]:
@@ -88,7 +88,8 @@ class _GenericFast(FastModel):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return generic.forward(self._module[0], self._params, self._buffers_d, x)
+        fn = generic.forward if self.mode == "vmap" else generic.forward_loop
+        return fn(self._module[0], self._params, self._buffers_d, x)
 
 
 class MAML(nn.Module):
@@ -102,6 +103,8 @@ class MAML(nn.Module):
         loss: ``"mse"`` or ``"cross_entropy"`` (inner-loop loss, per-task mean).
         learn_lr: make the inner learning rate a meta-parameter.
         backend: ``"auto"``, ``"torch"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
+        generic_mode: for models the fused kernels do not cover: ``"vmap"``,
+            ``"loop"`` or ``"auto"`` (see :mod:`metakern.generic`).
 
     Example::
 
@@ -116,8 +119,11 @@ class MAML(nn.Module):
     _lr_mode = "scalar"
 
     def __init__(self, model: nn.Module, lr: float = 0.01, steps: int = 1, first_order: bool = False,
-                 loss: str = "mse", learn_lr: bool = False, backend: str = "auto"):
+                 loss: str = "mse", learn_lr: bool = False, backend: str = "auto", generic_mode: str = "auto"):
         super().__init__()
+        if generic_mode not in ("auto", "vmap", "loop"):
+            raise ValueError(f"generic_mode must be 'auto', 'vmap' or 'loop', got {generic_mode!r}")
+        self.generic_mode = generic_mode
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         lr = _check_lr_value(lr)
@@ -190,9 +196,10 @@ class MAML(nn.Module):
             raise TypeError(f"y for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
         if self.loss == "mse" and not y.is_floating_point():
             raise TypeError(f"y for loss='mse' must be a float tensor, got {y.dtype}")
-        params = generic.adapt(self.module, named, buffers, lrs, x, y, steps=steps, loss=self.loss,
-                               first_order=first_order)
-        return _GenericFast(self.module, params, buffers)
+        mode = self.generic_mode if self.generic_mode != "auto" else generic.choose_mode(self.module)
+        fn = generic.adapt if mode == "vmap" else generic.adapt_loop
+        params = fn(self.module, named, buffers, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order)
+        return _GenericFast(self.module, params, buffers, mode)
 
     def extra_repr(self) -> str:
         path = f"fused dims={self.dims} activation={self.activation}" if self.fused else f"generic ({self.generic_reason})"

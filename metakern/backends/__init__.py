@@ -143,7 +143,7 @@ class CudaBackend(_CompiledBackend):
         if reasons:
             return reasons
         info = _EXT.build_info() if hasattr(_EXT, "build_info") else {}
-        if not (isinstance(info, dict) and info.get("cuda")):
+        if not (isinstance(info, dict) and info.get("cuda_kernels")):
             reasons.append("metakern._C was built without CUDA kernels (no nvcc or a CPU-only torch at install time)")
         if not torch.cuda.is_available():
             reasons.append("no CUDA device is available")

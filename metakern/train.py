@@ -1,0 +1,125 @@
+"""Meta-training and meta-testing loops used by the command line and the examples."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import tasks as _tasks
+from .learners import ANIL, MAML, MetaSGD, Reptile
+from .nn import MLP
+
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "anil")
+
+
+def build_learner(algo: str, task, *, hidden=(40, 40), inner_lr: float = 0.01, steps: int = 1,
+                  backend: str = "auto", activation: str = "relu") -> nn.Module:
+    """The learner for ``algo`` on ``task`` (an MLP sized by the task)."""
+    if algo not in ALGORITHMS:
+        raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
+    D, O, loss = task.in_features, task.out_features, task.loss
+    if algo == "anil":
+        body = MLP(D, list(hidden[:-1]), hidden[-1], activation=activation) if len(hidden) > 1 else nn.Identity()
+        body = nn.Sequential(body, _ACT[activation]()) if len(hidden) > 1 else body
+        feat = hidden[-1] if len(hidden) > 1 else D
+        return ANIL(body, nn.Linear(feat, O), lr=inner_lr, steps=steps, loss=loss, backend=backend)
+    model = MLP(D, list(hidden), O, activation=activation)
+    if algo == "metasgd":
+        return MetaSGD(model, lr=inner_lr, steps=steps, loss=loss, backend=backend)
+    if algo == "reptile":
+        return Reptile(model, lr=inner_lr, steps=steps, loss=loss, backend=backend)
+    return MAML(model, lr=inner_lr, steps=steps, first_order=(algo == "fomaml"), loss=loss, backend=backend)
+
+
+_ACT = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+
+
+def query_loss(pred: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean query loss over all tasks and points."""
+    if loss == "mse":
+        return F.mse_loss(pred, y)
+    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))
+
+
+def meta_step(learner: nn.Module, opt: torch.optim.Optimizer, batch, loss: str) -> float:
+    """One meta-iteration: adapt every task, query loss, meta-gradient, optimizer step."""
+    xs, ys, xq, yq = batch
+    opt.zero_grad(set_to_none=True)
+    if isinstance(learner, Reptile):
+        out = learner.meta_loss(xs, ys)
+        out.backward()
+        opt.step()
+        return float("nan")
+    out = query_loss(learner.adapt(xs, ys)(xq), yq, loss)
+    out.backward()
+    opt.step()
+    return out.item()
+
+
+def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr: float = 1e-3,
+               generator: Optional[torch.Generator] = None, progress: bool = True, device=None, dtype=torch.float32,
+               log_every: int = 100):
+    """Meta-train ``learner`` with Adam on batches of ``meta_batch`` tasks; returns the loss history."""
+    opt = torch.optim.Adam(learner.parameters(), lr=meta_lr)
+    history = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=iterations, desc="meta-train", unit="it", dynamic_ncols=True)
+    running = None
+    for it in range(iterations):
+        batch = task.sample(meta_batch, generator, device=device, dtype=dtype)
+        val = meta_step(learner, opt, batch, task.loss)
+        if not math.isnan(val):
+            running = val if running is None else 0.98 * running + 0.02 * val
+        if (it + 1) % log_every == 0:
+            history.append((it + 1, running))
+        if bar is not None:
+            bar.update(1)
+            if running is not None and (it + 1) % 50 == 0:
+                bar.set_postfix(query_loss=f"{running:.3f}")
+    if bar is not None:
+        bar.close()
+    return history
+
+
+@dataclass
+class MetaTestResult:
+    metric: str
+    mean: float
+    ci95: float
+    tasks: int
+
+    def __str__(self):
+        return f"{self.metric} {self.mean:.4f} ± {self.ci95:.4f} (95% interval over {self.tasks} tasks)"
+
+
+def meta_test(learner, task, *, tasks: int = 600, batch: int = 100, steps: Optional[int] = None,
+              generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32) -> MetaTestResult:
+    """Adapt to ``tasks`` held-out tasks; query MSE (regression) or accuracy (classification) with a 95% interval."""
+    vals = []
+    done = 0
+    while done < tasks:
+        n = min(batch, tasks - done)
+        xs, ys, xq, yq = task.sample(n, generator, device=device, dtype=dtype)
+        with torch.no_grad():
+            pred = learner.adapt(xs, ys, steps=steps)(xq)
+            if task.loss == "mse":
+                vals.append(((pred - yq) ** 2).mean(dim=(1, 2)).cpu())
+            else:
+                vals.append((pred.argmax(-1) == yq).to(torch.float64).mean(1).cpu())
+        done += n
+    v = torch.cat(vals).to(torch.float64)
+    half = 1.96 * v.std(unbiased=True).item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return MetaTestResult("MSE" if task.loss == "mse" else "accuracy", v.mean().item(), half, len(v))
+
+
+def untrained_copy(learner: nn.Module) -> nn.Module:
+    """A copy of the learner at its current (e.g. initial) meta-parameters."""
+    return copy.deepcopy(learner)
