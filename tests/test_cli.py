@@ -1,0 +1,51 @@
+"""Command-line smoke tests."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import metakern as mk
+from metakern import cli
+
+
+def test_info(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "metakern" in out and "torch" in out
+    for name in ("torch", "cpp", "triton", "cuda"):
+        assert name in out
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd", "reptile", "anil"])
+def test_train_smoke(tmp_path, capsys, algo):
+    ckpt = tmp_path / "ckpt.pt"
+    rc = cli.main(["train", "--algo", algo, "--iterations", "5", "--meta-batch", "4", "--test-tasks", "20",
+                   "--hidden", "8,8", "--no-progress", "--save", str(ckpt)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "meta-trained" in out and "not meta-trained" in out and "95% interval" in out
+    state = torch.load(ckpt)
+    from metakern.train import build_learner
+
+    learner = build_learner(algo, mk.tasks.Sinusoid(), hidden=(8, 8))
+    learner.load_state_dict(state["state_dict"])
+
+
+def test_train_linear_task(capsys):
+    assert cli.main(["train", "--task", "linear", "--iterations", "3", "--meta-batch", "2", "--test-tasks", "10",
+                     "--no-progress", "--steps", "2"]) == 0
+
+
+def test_train_rejects_bad_values(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--iterations", "0"])
+    assert "--iterations" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--algo", "nope"])
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "metakern.cli", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "backends:" in out.stdout
