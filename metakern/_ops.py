@@ -9,6 +9,11 @@ one backward instead of an unrolled double-backward graph.
 
 The backward ops return per-task gradients; the autograd formulas here reduce them
 over tasks (``sum(0)``, deterministic) where ``theta`` or ``lr`` were shared.
+
+In eager mode :func:`adapt_op` and :func:`mlp_op` skip the custom-op layer (whose
+Python dispatch costs tens of microseconds a call, which matters at small T) and
+use plain ``autograd.Function``s around the same backend calls and the same
+gradient formulas; under ``torch.compile`` they go through the registered ops.
 """
 from __future__ import annotations
 
@@ -50,12 +55,12 @@ def _adapt_setup(ctx, inputs, output):
     ctx.args = (dims, steps, loss, act, first_order, backend)
 
 
-def _adapt_grad(ctx, grad):
+def _adapt_grad(ctx, grad, bwd=None):
     theta, lr, x, y = ctx.saved_tensors
     dims, steps, loss, act, first_order, backend = ctx.args
     need_theta, need_lr, need_x = ctx.needs_input_grad[:3]
-    g_theta, g_lr, g_x = adapt_backward(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, first_order,
-                                        need_x, backend)
+    bwd = bwd or adapt_backward
+    g_theta, g_lr, g_x = bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, first_order, need_x, backend)
     if theta.dim() == 1:
         g_theta = g_theta.sum(0)
     return (g_theta if need_theta else None, g_lr.sum(0) if need_lr else None, g_x if need_x else None,
@@ -94,14 +99,66 @@ def _mlp_setup(ctx, inputs, output):
     ctx.args = (dims, act, backend)
 
 
-def _mlp_grad(ctx, grad_out):
+def _mlp_grad(ctx, grad_out, bwd=None):
     theta, x = ctx.saved_tensors
     dims, act, backend = ctx.args
     need_theta, need_x = ctx.needs_input_grad[:2]
-    g_theta, g_x = mlp_backward(grad_out.contiguous(), theta, x, dims, act, need_x, backend)
+    bwd = bwd or mlp_backward
+    g_theta, g_x = bwd(grad_out.contiguous(), theta, x, dims, act, need_x, backend)
     if theta.dim() == 1:
         g_theta = g_theta.sum(0)
     return g_theta if need_theta else None, g_x if need_x else None, None, None, None
 
 
 mlp.register_autograd(_mlp_grad, setup_context=_mlp_setup)
+
+
+# ------------------------------------------------------------------ eager fast path
+def _adapt_bwd_direct(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x, backend):
+    return _backends.get(backend).adapt_bwd(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x)
+
+
+def _mlp_bwd_direct(grad_out, theta, x, dims, act, need_x, backend):
+    return _backends.get(backend).mlp_bwd(grad_out, theta, x, dims, act, need_x)
+
+
+class _AdaptFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, theta, lr, x, y, dims, steps, loss, act, first_order, backend):
+        _adapt_setup(ctx, (theta, lr, x, y, dims, steps, loss, act, first_order, backend), None)
+        return _backends.get(backend).adapt_fwd(theta, lr, x, y, dims, steps, loss, act)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return _adapt_grad(ctx, grad, _adapt_bwd_direct)
+
+
+class _MlpFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, theta, x, dims, act, backend):
+        _mlp_setup(ctx, (theta, x, dims, act, backend), None)
+        return _backends.get(backend).mlp_fwd(theta, x, dims, act)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        return _mlp_grad(ctx, grad_out, _mlp_bwd_direct)
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def adapt_op(theta, lr, x, y, dims, steps, loss, act, first_order, backend):
+    """The fused adaptation with autograd: registered op when compiling, Function in eager mode."""
+    if _compiling():
+        return adapt(theta, lr, x, y, dims, steps, loss, act, first_order, backend)
+    return _AdaptFn.apply(theta, lr, x, y, dims, steps, loss, act, first_order, backend)
+
+
+def mlp_op(theta, x, dims, act, backend):
+    """The fused batched MLP forward with autograd (see :func:`adapt_op`)."""
+    if _compiling():
+        return mlp(theta, x, dims, act, backend)
+    return _MlpFn.apply(theta, x, dims, act, backend)

@@ -193,7 +193,7 @@ def adapt_packed(theta: Tensor, per_task_any: bool, dims, lr_packed: Tensor, x: 
     """Run the fused op on already validated, packed inputs. Returns ``(theta_K [T, P], backend name)``."""
     call = _backends.Call(x.device, x.dtype, tuple(dims), x.shape[0], x.shape[1], steps)
     b = _backends.select(backend, call)
-    thetaK = _ops.adapt(theta, lr_packed, x.contiguous(), y.contiguous(), list(dims), steps, loss, act,
+    thetaK = _ops.adapt_op(theta, lr_packed, x.contiguous(), y.contiguous(), list(dims), steps, loss, act,
                         bool(first_order), b.name)
     return thetaK, b.name
 
@@ -252,7 +252,7 @@ def forward_packed(theta: Tensor, x: Tensor, dims, act: int, backend: str = "aut
     """Fused batched MLP forward on packed parameters (``[P]`` or ``[T, P]``)."""
     call = _backends.Call(x.device, x.dtype, tuple(dims), x.shape[0], x.shape[1], 0)
     b = _backends.select(backend, call)
-    return _ops.mlp(theta, x.contiguous(), list(dims), act, b.name)
+    return _ops.mlp_op(theta, x.contiguous(), list(dims), act, b.name)
 
 
 def forward(params: Sequence[Tensor], x: Tensor, *, activation: str = "relu", backend: str = "auto") -> Tensor:
