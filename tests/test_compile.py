@@ -1,0 +1,67 @@
+"""Registered ops: opcheck, and a whole second-order MAML step under torch.compile(fullgraph=True)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import metakern as mk
+from metakern import _ops
+from helpers import backends_under_test, devices_for, make_problem, seeded
+
+COMPILED = [b for b in backends_under_test() if b in ("torch", "cpp", "cuda")]
+
+
+def _packed_problem(g, device, loss="cross_entropy", shared=True):
+    dims = [3, 5, 4]
+    params, x, y, lr = make_problem(g, dims, 2, 3, loss, torch.float64, per_task=not shared, lr_kind="per_param")
+    if shared:
+        theta = torch.cat([p.reshape(-1) for p in params])
+    else:
+        theta = torch.cat([p.reshape(2, -1) for p in params], 1)
+    lr = torch.cat([l.reshape(-1) for l in lr])
+    return theta.to(device), lr.to(device), x.to(device), y.to(device), dims
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("shared", [True, False])
+def test_opcheck_adapt(request, backend, shared):
+    g = seeded(request)
+    theta, lr, x, y, dims = _packed_problem(g, devices_for(backend)[0], shared=shared)
+    theta.requires_grad_(); lr.requires_grad_(); x.requires_grad_()
+    for first_order in (False, True):
+        torch.library.opcheck(_ops.adapt, (theta, lr, x, y, dims, 2, 1, 2, first_order, backend))
+    torch.library.opcheck(_ops.mlp, (theta, x, dims, 2, backend))
+
+
+@pytest.mark.parametrize("backend", [b for b in COMPILED if b != "torch"])
+def test_opcheck_compiled_kernels(request, backend):
+    """The C++-registered schemas themselves (fake kernels registered in Python)."""
+    g = seeded(request)
+    theta, lr, x, y, dims = _packed_problem(g, devices_for(backend)[0])
+    thetaK = torch.ops.metakern.adapt_fwd(theta, lr, x, y, dims, 2, 1, 2)
+    grad = torch.randn_like(thetaK)
+    torch.library.opcheck(torch.ops.metakern.adapt_fwd.default, (theta, lr, x, y, dims, 2, 1, 2))
+    torch.library.opcheck(torch.ops.metakern.adapt_bwd.default, (grad, theta, lr, x, y, dims, 2, 1, 2, False, True))
+    torch.library.opcheck(torch.ops.metakern.mlp_fwd.default, (theta, x, dims, 2))
+    out = torch.ops.metakern.mlp_fwd(theta, x, dims, 2)
+    torch.library.opcheck(torch.ops.metakern.mlp_bwd.default, (torch.randn_like(out), theta, x, dims, 2, True))
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_compiled_second_order_step_matches_eager(request, backend):
+    g = seeded(request)
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+    device = devices_for(backend)[0]
+    maml = mk.MAML(mk.MLP(1, [16, 16], 1, activation="tanh"), lr=0.05, steps=2, learn_lr=True,
+                   backend=backend).to(device)
+    xs, ys, xq, yq = (t.to(device) for t in mk.tasks.Sinusoid().sample(5, g))
+
+    def meta_loss(xs, ys, xq, yq):
+        return F.mse_loss(maml.adapt(xs, ys)(xq), yq)
+
+    params = list(maml.parameters())
+    eager = torch.autograd.grad(meta_loss(xs, ys, xq, yq), params)
+    torch._dynamo.reset()
+    compiled = torch.compile(meta_loss, fullgraph=True)
+    got = torch.autograd.grad(compiled(xs, ys, xq, yq), params)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
