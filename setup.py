@@ -141,7 +141,7 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "tqdm"],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "scikit-learn", "matplotlib"],
         "digits": ["scikit-learn"],
         "bench": ["matplotlib"],
     },

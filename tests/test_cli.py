@@ -49,3 +49,13 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "metakern.cli", "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "backends:" in out.stdout
+
+
+def test_train_digits_classification(capsys):
+    """The classification path end to end (scikit-learn's digits, a demo-sized data set)."""
+    pytest.importorskip("sklearn", reason="scikit-learn is part of the test extra: pip install -e '.[test]'")
+    rc = cli.main(["train", "--task", "digits", "--algo", "anil", "--steps", "2", "--inner-lr", "0.1",
+                   "--iterations", "5", "--meta-batch", "4", "--shots", "1", "--queries", "5", "--test-tasks", "20",
+                   "--hidden", "32,32", "--no-progress"])
+    assert rc == 0
+    assert "accuracy" in capsys.readouterr().out
