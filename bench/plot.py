@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Plot benchmark rows from a CSV written by ``metakern bench``.
+
+    python bench/plot.py                                   # bench/results/bench.csv, latest run
+    python bench/plot.py OUT/bench_gpu.csv -o OUT/bench_gpu.png --run all --device H100
+
+Draws median time per meta-iteration against T on log-log axes, one line per
+provider (``step`` solid, ``op`` dashed, p20-p80 shaded), one panel per (K, order).
+Needs matplotlib (``pip install matplotlib``).
+"""
+import argparse
+import csv
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # works without pip install
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("csv", nargs="?", default=os.path.join("bench", "results", "bench.csv"))
+    p.add_argument("-o", "--out", help="PNG to write (default: the CSV's name with .png)")
+    p.add_argument("--run", default="latest", help="'latest' (default), 'all', or a run_id from the CSV")
+    p.add_argument("--workload", default="sine", help="workload to plot (default sine)")
+    p.add_argument("--device", help="keep rows whose device name contains this text")
+    args = p.parse_args(argv)
+
+    from metakern.benchmark import NO_MPL, have_matplotlib, plot_rows
+
+    if not have_matplotlib():
+        print(f"error: {NO_MPL.replace('--plot', 'bench/plot.py')}", file=sys.stderr)
+        return 2
+    with open(args.csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if args.device:
+        rows = [r for r in rows if args.device.lower() in r["device"].lower()]
+    if args.run != "all":
+        run = max((r["run_id"] for r in rows), default=None) if args.run == "latest" else args.run
+        rows = [r for r in rows if r["run_id"] == run]
+    if not rows:
+        print(f"error: no rows in {args.csv} match (run={args.run!r}, device={args.device!r})", file=sys.stderr)
+        return 1
+    out = args.out or os.path.splitext(args.csv)[0] + ".png"
+    r0 = rows[0]
+    title = f"{r0['device']}  torch {r0['torch']}  metakern {r0['metakern']} ({r0['git_rev']})  " + \
+            (r0["run_id"] if args.run != "all" else "all runs")
+    try:
+        print(plot_rows(rows, out, workload=args.workload, title=title))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The benchmark tooling: smoke profile end to end, CSV layout, FLOP counts, plots."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from metakern import benchmark as bm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ["--profile", "smoke", "--threads", "1"]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke run shared by the tests below: (rc, csv path, stdout)."""
+    path = tmp_path_factory.mktemp("bench") / "x.csv"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = bm.main(SMOKE + ["--csv", str(path)])
+    return rc, path, buf.getvalue()
+
+
+def test_smoke_csv_columns_and_rows(smoke):
+    rc, path, out = smoke
+    assert rc == 0
+    header, rows = _rows(path)
+    assert header == bm.COLUMNS
+    for col in ["date", "device", "torch", "triton", "python", "metakern", "git_rev", "workload", "T", "K", "order",
+                "provider", "quantity", "median_ms", "p20_ms", "p80_ms", "tasks_per_s", "gflops", "peak_fraction",
+                "peak_mem_mb", "speedup_vs_vmap"]:
+        assert col in header
+
+    prof = bm.make_profile("smoke", "cpu").expand()
+    run = [p.name for p in bm.providers() if not p.unavailable("cpu")]
+    assert {"vmap", "mk-torch", "loop"} <= set(run)
+    # one row per (config, provider that can run here, quantity), in run order
+    assert len(rows) == len(prof.configs) * len(run) * len(bm.QUANTITIES)
+    assert {r["workload"] for r in rows} == set(bm.WORKLOADS)
+    assert len({r["run_id"] for r in rows}) == 1
+    for r in rows:
+        assert r["device_type"] == "cpu" and r["torch"] == torch.__version__ and r["git_rev"]
+        assert r["peak_mem_mb"] == ""  # nothing honest to report on CPU
+        assert r["status"] in ("ok", "skipped"), r  # no provider fails on these configs
+        if r["status"] != "ok":
+            continue
+        p20, med, p80 = float(r["p20_ms"]), float(r["median_ms"]), float(r["p80_ms"])
+        assert 0 < p20 <= med <= p80
+        T, secs = int(r["T"]), med / 1e3
+        assert float(r["tasks_per_s"]) == pytest.approx(T / secs, rel=1e-4)
+        assert float(r["gflops"]) == pytest.approx(int(r["flops"]) / secs / 1e9, rel=1e-4)
+        assert float(r["peak_fraction"]) == pytest.approx(float(r["gflops"]) / float(r["peak_gflops"]), rel=1e-4)
+        if r["provider"] == "vmap":
+            assert float(r["speedup_vs_vmap"]) == 1.0
+        else:
+            assert float(r["speedup_vs_vmap"]) > 0
+            if r["quantity"] == "op":  # every provider computes the same meta-gradient
+                assert float(r["grad_err"]) < 1e-4, r
+    assert "x_vmap" in out and "median_ms" in out  # the table went to stdout
+
+
+def test_smoke_appends(smoke, tmp_path):
+    _, path, _ = smoke
+    copy = tmp_path / "y.csv"
+    copy.write_bytes(path.read_bytes())
+    n = len(_rows(copy)[1])
+    assert bm.main(SMOKE + ["--csv", str(copy), "--workloads", "linear", "--providers", "vmap,mk",
+                            "--backend", "torch", "--quantities", "op"]) == 0
+    header, rows = _rows(copy)
+    new = rows[n:]
+    assert header == bm.COLUMNS
+    assert {(r["workload"], r["provider"], r["quantity"]) for r in new} == {("linear", "vmap", "op"),
+                                                                            ("linear", "mk-torch", "op")}
+
+
+def test_flops_by_hand():
+    # sine 1-40-40-1, 10 support + 10 query: S = 1*40 + 40*40 + 40*1 = 1680 MACs per point,
+    # F = 2*10*1680 = 33600 FLOPs per forward of one task's support (or query) set.
+    F = 2 * 10 * 1680
+    assert bm.meta_flops((1, 40, 40, 1), 25, 1, False, 10, 10) == 25 * (3 * F + 3 * F + 9 * F) == 12_600_000
+    assert bm.meta_flops((1, 40, 40, 1), 25, 5, True, 10, 10) == 25 * (15 * F + 3 * F) == 15_120_000
+    # 5-way 5-shot head 64->5: S = 320, Fs = 2*25*320, Fq = 2*75*320; K = 5, second order
+    Fs, Fq = 16_000, 48_000
+    assert bm.meta_flops((64, 5), 1, 5, False, 25, 75) == 3 * 5 * Fs + 3 * Fq + 9 * 5 * Fs == 1_104_000
+    cfg = bm.Config(bm.WORKLOADS["sine"], 25, 1, False)
+    assert cfg.flops == 12_600_000 and cfg.order == "second"
+
+
+def test_profiles_cover_the_brief():
+    quick = bm.make_profile("quick", "cpu").expand().configs
+    assert [(c.workload.name, c.T, c.K, c.order) for c in quick][:2] == [("sine", 25, 1, "second"),
+                                                                        ("sine", 1024, 5, "second")]
+    assert len({c.workload.name for c in quick}) == 2
+    gpu = bm.make_profile("gpu", "cuda").expand().configs
+    assert max(c.T for c in gpu) == 16384 and {c.K for c in gpu} == {1, 5}
+    assert {c.workload.name for c in gpu} == set(bm.WORKLOADS)
+    assert {c.order for c in gpu} == {"first", "second"}
+
+
+def test_plot(smoke, tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'metakern[bench]')")
+    png = tmp_path / "p.png"
+    assert bm.main(SMOKE + ["--no-csv", "--workloads", "sine", "--providers", "vmap,mk", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # bench/plot.py draws from a CSV
+    _, path, _ = smoke
+    out = tmp_path / "from_csv.png"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "plot.py"), str(path), "-o", str(out)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib(monkeypatch, tmp_path, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    png = tmp_path / "p.png"
+    rc = bm.main(SMOKE + ["--no-csv", "--workloads", "linear", "--providers", "mk", "--backend", "torch",
+                          "--quantities", "op", "--plot", str(png)])
+    assert rc == 2 and not png.exists()
+    assert "needs matplotlib" in capsys.readouterr().err
+
+
+def test_bad_flags():
+    with pytest.raises(SystemExit, match="--providers"):
+        bm.main(SMOKE + ["--no-csv", "--providers", "nonsense"])
+    with pytest.raises(SystemExit):
+        bm.main(SMOKE + ["--no-csv", "--T", "0"])
