@@ -94,7 +94,7 @@ def get_extensions():
     # host CPU (AVX2/FMA where present) is safe.
     cxx = ["-O0", "-g"] if debug else ["-O3", "-march=native"] if _is_x86() else ["-O3"]
     cxx += ["-fopenmp"]
-    cxx += ["-std=c++17"]
+    cxx += ["-std=c++20"]  # torch >= 2.10 headers need C++20
     extra = {"cxx": cxx}
     sources = list(cpp_sources)
     define = []
@@ -106,7 +106,7 @@ def get_extensions():
             a = a.strip().replace(".", "")
             if a:
                 gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-        extra["nvcc"] = (["-O0", "-g", "-G"] if debug else ["-O3"]) + ["-std=c++17", "--expt-relaxed-constexpr"] + gencode
+        extra["nvcc"] = (["-O0", "-g", "-G"] if debug else ["-O3"]) + ["-std=c++20", "--expt-relaxed-constexpr"] + gencode
         define.append(("METAKERN_WITH_CUDA", None))
         ext_cls = cpp_extension.CUDAExtension
     else:
