@@ -149,6 +149,29 @@ class CudaBackend(_CompiledBackend):
             reasons.append("no CUDA device is available")
         return reasons
 
+    def limits(self, call):
+        reasons = super().limits(call)
+        if reasons:
+            return reasons
+        if len(call.dims) - 1 > 16:
+            reasons.append(f"{len(call.dims) - 1} layers: the cuda kernels support at most 16")
+        props = torch.cuda.get_device_properties(call.device)
+        limit = getattr(props, "shared_memory_per_block_optin", 48 * 1024)
+        need = cuda_smem_bytes(call.dims, call.dtype)
+        if need > limit:
+            reasons.append(f"the model needs {need} bytes of shared memory per block, above this device's {limit}")
+        return reasons
+
+
+def cuda_smem_bytes(dims, dtype) -> int:
+    """Shared memory the CUDA kernels need per block with one point per chunk (the
+    second-order backward, their largest): ``(4P + 2S - ld_0 + 4 Wd) * sizeof(dtype)``
+    with ``ld_l = d_l | 1``, ``S = sum_l ld_l``, ``Wd = max_{l>=1} ld_l`` (csrc/cuda/adapt_plan.h)."""
+    ld = [d | 1 for d in dims]
+    P = torch_backend.num_params(dims)
+    elems = 4 * P + 2 * sum(ld) - ld[0] + 4 * max(ld[1:])
+    return elems * (8 if dtype == torch.float64 else 4)
+
 
 class TritonBackend(Backend):
     """Triton kernels (``metakern/triton``): CUDA tensors, or CPU under ``TRITON_INTERPRET=1``."""
@@ -173,7 +196,26 @@ class TritonBackend(Backend):
 
     def limits(self, call):
         mod, _ = self._load()
-        return list(mod.why_not_call(call))
+        reasons = []
+        if call.device.type == "cpu":
+            if not mod._interpreted():
+                reasons.append("the triton backend runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1, "
+                               "set before import, for tests)")
+        elif call.device.type != "cuda":
+            reasons.append(f"the triton backend runs on CUDA tensors, got {call.device.type}")
+        if call.dtype not in mod.SUPPORTED["dtypes"]:
+            reasons.append(f"the triton kernels support float32 only, got {call.dtype}")
+        dims, L = call.dims, len(call.dims) - 1
+        if L > mod.MAX_LAYERS:
+            reasons.append(f"{L} layers: the triton kernels support at most {mod.MAX_LAYERS}")
+        if max(dims) > mod.MAX_WIDTH:
+            reasons.append(f"width {max(dims)} is above the triton kernels' limit of {mod.MAX_WIDTH}")
+        if call.points > mod.MAX_POINTS:
+            reasons.append(f"{call.points} points per task is above the triton kernels' limit of {mod.MAX_POINTS}")
+        if not reasons and mod.onchip_elements(list(dims), call.points) > mod.ONCHIP_MAX:
+            reasons.append(f"dims {list(dims)} with {call.points} points per task exceed the triton kernels' "
+                           f"on-chip budget of {mod.ONCHIP_MAX} padded elements")
+        return reasons
 
     def adapt_fwd(self, *a):
         return self._mod.adapt_fwd(*a)

@@ -1,0 +1,190 @@
+// C++ CPU kernels of the four metakern ops (docs/kernels.md).
+//
+// Launchers: validate (metakern/checks.h), allocate outputs, then at::parallel_for
+// over tasks. Each worker allocates one scratch block per chunk of tasks and runs the
+// per-task math of metakern/task_math.h on it; no state is shared between tasks and
+// no output is reduced across threads, so results are bitwise reproducible for any
+// thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <tuple>
+
+#include "metakern/checks.h"
+#include "metakern/task_math.h"
+
+namespace metakern {
+namespace {
+
+namespace tm = metakern::task;
+
+constexpr const char* kAdaptFwd = "metakern::adapt_fwd";
+constexpr const char* kAdaptBwd = "metakern::adapt_bwd";
+constexpr const char* kMlpFwd = "metakern::mlp_fwd";
+constexpr const char* kMlpBwd = "metakern::mlp_bwd";
+
+// A 64-byte aligned, zeroed scratch block (one per chunk of tasks).
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+template <typename T>
+std::unique_ptr<T, FreeDeleter> alloc_scratch(int64_t n) {
+  const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes > 0 ? bytes : 64);
+  TORCH_CHECK(p != nullptr, "metakern: cannot allocate ", bytes, " bytes of scratch");
+  std::memset(p, 0, bytes > 0 ? bytes : 64);
+  return std::unique_ptr<T, FreeDeleter>(static_cast<T*>(p));
+}
+
+// Tasks per parallel chunk: one is enough (a task is thousands of FLOPs at least);
+// at::parallel_for hands each thread one contiguous range.
+constexpr int64_t kGrain = 1;
+
+void check_cpu(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor for the CPU kernel, got ", t.device());
+}
+
+}  // namespace
+
+at::Tensor adapt_fwd_cpu(const at::Tensor& theta, const at::Tensor& lr, const at::Tensor& x, const at::Tensor& y,
+                         at::IntArrayRef dims, int64_t steps, int64_t loss, int64_t act) {
+  const Problem pr = check_adapt(kAdaptFwd, theta, lr, x, y, dims, steps, loss, act);
+  check_cpu(kAdaptFwd, theta, "theta");
+  at::Tensor out = at::empty({pr.T, pr.P}, theta.options());
+  if (pr.T == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "adapt_fwd_cpu", [&] {
+    const tm::Mlp net = tm::Mlp::make(pr.dims.data(), pr.L);
+    const scalar_t* th = theta.data_ptr<scalar_t>();
+    const scalar_t* lrp = lr.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* yf = loss == tm::kMSE ? y.data_ptr<scalar_t>() : nullptr;
+    const int64_t* yi = loss == tm::kCrossEntropy ? y.data_ptr<int64_t>() : nullptr;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const int64_t N = pr.N, P = pr.P, ND = N * pr.D, NO = N * pr.O;
+    const int64_t th_stride = pr.shared_theta ? 0 : P;
+    const int64_t ws = tm::Scratch<scalar_t>::size(net, N, 1, false);
+    at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
+      auto buf = alloc_scratch<scalar_t>(ws);
+      auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, N, 1, false);
+      for (int64_t t = begin; t < end; ++t) {
+        tm::Targets<scalar_t> tg{yf ? yf + t * NO : nullptr, yi ? yi + t * N : nullptr};
+        tm::adapt_forward_task<scalar_t>(net, N, steps, th + t * th_stride, lrp, xp + t * ND, tg,
+                                         static_cast<int>(act), static_cast<int>(loss), op + t * P, s);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adapt_bwd_cpu(const at::Tensor& grad, const at::Tensor& theta,
+                                                             const at::Tensor& lr, const at::Tensor& x,
+                                                             const at::Tensor& y, at::IntArrayRef dims,
+                                                             int64_t steps, int64_t loss, int64_t act,
+                                                             bool first_order, bool need_x) {
+  const Problem pr = check_adapt(kAdaptBwd, theta, lr, x, y, dims, steps, loss, act);
+  check_cpu(kAdaptBwd, theta, "theta");
+  check_float(kAdaptBwd, "grad", grad);
+  check_same(kAdaptBwd, "grad", grad, theta);
+  check_shape(kAdaptBwd, "grad", grad, {pr.T, pr.P});
+  at::Tensor g_theta = at::empty({pr.T, pr.P}, theta.options());
+  at::Tensor g_lr = at::empty({pr.T, pr.P}, theta.options());
+  at::Tensor g_x = at::empty({pr.T, pr.N, pr.D}, theta.options());
+  if (pr.T == 0) return {g_theta, g_lr, g_x};
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "adapt_bwd_cpu", [&] {
+    const tm::Mlp net = tm::Mlp::make(pr.dims.data(), pr.L);
+    const scalar_t* gp = grad.data_ptr<scalar_t>();
+    const scalar_t* th = theta.data_ptr<scalar_t>();
+    const scalar_t* lrp = lr.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* yf = loss == tm::kMSE ? y.data_ptr<scalar_t>() : nullptr;
+    const int64_t* yi = loss == tm::kCrossEntropy ? y.data_ptr<int64_t>() : nullptr;
+    scalar_t* gtp = g_theta.data_ptr<scalar_t>();
+    scalar_t* glp = g_lr.data_ptr<scalar_t>();
+    scalar_t* gxp = g_x.data_ptr<scalar_t>();
+    const int64_t N = pr.N, P = pr.P, ND = N * pr.D, NO = N * pr.O;
+    const int64_t th_stride = pr.shared_theta ? 0 : P;
+    const bool rop = !first_order && steps > 0;
+    const int64_t ws = tm::Scratch<scalar_t>::size(net, N, steps, rop);
+    at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
+      auto buf = alloc_scratch<scalar_t>(ws);
+      auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, N, steps, rop);
+      for (int64_t t = begin; t < end; ++t) {
+        tm::Targets<scalar_t> tg{yf ? yf + t * NO : nullptr, yi ? yi + t * N : nullptr};
+        tm::adapt_backward_task<scalar_t>(net, N, steps, th + t * th_stride, lrp, xp + t * ND, tg, gp + t * P,
+                                          static_cast<int>(act), static_cast<int>(loss), first_order, need_x,
+                                          gtp + t * P, glp + t * P, gxp + t * ND, s);
+      }
+    });
+  });
+  return {g_theta, g_lr, g_x};
+}
+
+at::Tensor mlp_fwd_cpu(const at::Tensor& theta, const at::Tensor& x, at::IntArrayRef dims, int64_t act) {
+  const Problem pr = check_common(kMlpFwd, theta, x, dims, act);
+  check_cpu(kMlpFwd, theta, "theta");
+  at::Tensor out = at::empty({pr.T, pr.N, pr.O}, theta.options());
+  if (pr.T == 0 || pr.N == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "mlp_fwd_cpu", [&] {
+    const tm::Mlp net = tm::Mlp::make(pr.dims.data(), pr.L);
+    const scalar_t* th = theta.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const int64_t N = pr.N, P = pr.P, ND = N * pr.D, NO = N * pr.O;
+    const int64_t th_stride = pr.shared_theta ? 0 : P;
+    const int64_t ws = tm::Scratch<scalar_t>::size(net, N, 0, false);
+    at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
+      auto buf = alloc_scratch<scalar_t>(ws);
+      auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, N, 0, false);
+      for (int64_t t = begin; t < end; ++t)
+        tm::mlp_forward_task<scalar_t>(net, N, th + t * th_stride, xp + t * ND, static_cast<int>(act),
+                                       op + t * NO, s);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> mlp_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& theta,
+                                               const at::Tensor& x, at::IntArrayRef dims, int64_t act,
+                                               bool need_x) {
+  const Problem pr = check_common(kMlpBwd, theta, x, dims, act);
+  check_cpu(kMlpBwd, theta, "theta");
+  check_float(kMlpBwd, "grad_out", grad_out);
+  check_same(kMlpBwd, "grad_out", grad_out, theta);
+  check_shape(kMlpBwd, "grad_out", grad_out, {pr.T, pr.N, pr.O});
+  at::Tensor g_theta = at::empty({pr.T, pr.P}, theta.options());
+  at::Tensor g_x = at::empty({pr.T, pr.N, pr.D}, theta.options());
+  if (pr.T == 0) return {g_theta, g_x};
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "mlp_bwd_cpu", [&] {
+    const tm::Mlp net = tm::Mlp::make(pr.dims.data(), pr.L);
+    const scalar_t* gop = grad_out.data_ptr<scalar_t>();
+    const scalar_t* th = theta.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* gtp = g_theta.data_ptr<scalar_t>();
+    scalar_t* gxp = g_x.data_ptr<scalar_t>();
+    const int64_t N = pr.N, P = pr.P, ND = N * pr.D, NO = N * pr.O;
+    const int64_t th_stride = pr.shared_theta ? 0 : P;
+    const int64_t ws = tm::Scratch<scalar_t>::size(net, N, 0, false);
+    at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
+      auto buf = alloc_scratch<scalar_t>(ws);
+      auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, N, 0, false);
+      for (int64_t t = begin; t < end; ++t)
+        tm::mlp_backward_task<scalar_t>(net, N, th + t * th_stride, xp + t * ND, gop + t * NO,
+                                        static_cast<int>(act), need_x, gtp + t * P, gxp + t * ND, s);
+    });
+  });
+  return {g_theta, g_x};
+}
+
+TORCH_LIBRARY_IMPL(metakern, CPU, m) {
+  m.impl("adapt_fwd", &adapt_fwd_cpu);
+  m.impl("adapt_bwd", &adapt_bwd_cpu);
+  m.impl("mlp_fwd", &mlp_fwd_cpu);
+  m.impl("mlp_bwd", &mlp_bwd_cpu);
+}
+
+}  // namespace metakern

@@ -1,0 +1,18 @@
+// The metakern operator schemas (docs/kernels.md). Implementations register beside
+// each kernel: csrc/cpu (TORCH_LIBRARY_IMPL(metakern, CPU, ...)), csrc/cuda (CUDA).
+// Integer codes: loss 0 = MSE, 1 = cross-entropy; act 0 = identity, 1 = relu,
+// 2 = tanh, 3 = sigmoid.
+#include <torch/library.h>
+
+TORCH_LIBRARY(metakern, m) {
+  // K inner SGD steps per task: theta_K [T, P].
+  m.def("adapt_fwd(Tensor theta, Tensor lr, Tensor x, Tensor y, int[] dims, int steps, int loss, int act) -> Tensor");
+  // Reverse pass from grad = dl/dtheta_K: per-task (g_theta [T, P], g_lr [T, P], g_x [T, N, D]).
+  m.def(
+      "adapt_bwd(Tensor grad, Tensor theta, Tensor lr, Tensor x, Tensor y, int[] dims, int steps, int loss, "
+      "int act, bool first_order, bool need_x) -> (Tensor, Tensor, Tensor)");
+  // Batched MLP forward with packed parameters: [T, N, O].
+  m.def("mlp_fwd(Tensor theta, Tensor x, int[] dims, int act) -> Tensor");
+  // Its backward: per-task (g_theta [T, P], g_x [T, N, D]).
+  m.def("mlp_bwd(Tensor grad_out, Tensor theta, Tensor x, int[] dims, int act, bool need_x) -> (Tensor, Tensor)");
+}
