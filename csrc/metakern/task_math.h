@@ -143,6 +143,35 @@ MK_HD double mk_tanh(double v) { return tanh(v); }
 //   sigmoid   s' = a (1 - a)      s'' = a (1 - a)(1 - 2 a)
 // The forward is act_inplace / kEpiRelu; s' and s'' appear in the epilogues below.
 
+// Scalar forms of the same formulas, for kernels that work element by element (the
+// CUDA kernels use these, so both backends share one definition of each activation).
+template <typename T>
+MK_HD T act_fn(int act, T z) {
+  switch (act) {
+    case kRelu: return z < T(0) ? T(0) : z;
+    case kTanh: return mk_tanh(z);
+    case kSigmoid: return T(1) / (T(1) + mk_exp(-z));
+    default: return z;
+  }
+}
+template <typename T>
+MK_HD T act_d1(int act, T a) {  // s'(z) from a = s(z)
+  switch (act) {
+    case kRelu: return a > T(0) ? T(1) : T(0);
+    case kTanh: return T(1) - a * a;
+    case kSigmoid: return a * (T(1) - a);
+    default: return T(1);
+  }
+}
+template <typename T>
+MK_HD T act_d2(int act, T a) {  // s''(z) from a = s(z)
+  switch (act) {
+    case kTanh: return T(-2) * a * (T(1) - a * a);
+    case kSigmoid: return a * (T(1) - a) * (T(1) - T(2) * a);
+    default: return T(0);
+  }
+}
+
 // ------------------------------------------------------------------ small dense products
 // Every matrix product of a task goes through one routine:
 //
@@ -347,10 +376,10 @@ MK_HD void act_inplace(int act, i64 n, T* MK_RESTRICT a) {
       for (i64 i = 0; i < n; ++i) a[i] = a[i] < T(0) ? T(0) : a[i];
       break;
     case kTanh:
-      for (i64 i = 0; i < n; ++i) a[i] = mk_tanh(a[i]);
+      for (i64 i = 0; i < n; ++i) a[i] = act_fn(kTanh, a[i]);
       break;
     case kSigmoid:
-      for (i64 i = 0; i < n; ++i) a[i] = T(1) / (T(1) + mk_exp(-a[i]));
+      for (i64 i = 0; i < n; ++i) a[i] = act_fn(kSigmoid, a[i]);
       break;
     default: break;
   }
