@@ -27,6 +27,11 @@ def devices_for(backend):
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def primary_dtype(backend):
+    """float64 where the backend supports it (tight checks), else float32 (triton)."""
+    return torch.float32 if backend == "triton" else torch.float64
+
+
 def seeded(request_or_str):
     """A generator seeded from the test id: fresh inputs per case, reproducible on failure."""
     s = request_or_str if isinstance(request_or_str, str) else request_or_str.node.nodeid

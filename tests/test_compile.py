@@ -37,13 +37,15 @@ def test_opcheck_compiled_kernels(request, backend):
     """The C++-registered schemas themselves (fake kernels registered in Python)."""
     g = seeded(request)
     theta, lr, x, y, dims = _packed_problem(g, devices_for(backend)[0])
-    thetaK = torch.ops.metakern.adapt_fwd(theta, lr, x, y, dims, 2, 1, 2)
+    theta.requires_grad_(); lr.requires_grad_(); x.requires_grad_()
+    thetaK = torch.ops.metakern.adapt_fwd(theta, lr, x, y, dims, 2, 1, 2).detach()
     grad = torch.randn_like(thetaK)
     torch.library.opcheck(torch.ops.metakern.adapt_fwd.default, (theta, lr, x, y, dims, 2, 1, 2))
-    torch.library.opcheck(torch.ops.metakern.adapt_bwd.default, (grad, theta, lr, x, y, dims, 2, 1, 2, False, True))
     torch.library.opcheck(torch.ops.metakern.mlp_fwd.default, (theta, x, dims, 2))
-    out = torch.ops.metakern.mlp_fwd(theta, x, dims, 2)
-    torch.library.opcheck(torch.ops.metakern.mlp_bwd.default, (torch.randn_like(out), theta, x, dims, 2, True))
+    plain = [t.detach() for t in (theta, lr, x)]
+    torch.library.opcheck(torch.ops.metakern.adapt_bwd.default, (grad, *plain, y, dims, 2, 1, 2, False, True))
+    out = torch.ops.metakern.mlp_fwd(plain[0], plain[2], dims, 2)
+    torch.library.opcheck(torch.ops.metakern.mlp_bwd.default, (torch.randn_like(out), plain[0], plain[2], dims, 2, True))
 
 
 @pytest.mark.parametrize("backend", COMPILED)
@@ -65,3 +67,13 @@ def test_compiled_second_order_step_matches_eager(request, backend):
     got = torch.autograd.grad(compiled(xs, ys, xq, yq), params)
     for a, b in zip(got, eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", [b for b in COMPILED if b != "torch"])
+def test_registered_autograd_of_compiled_op(request, backend):
+    """The autograd formula registered on metakern::adapt_fwd itself (exact, second order)."""
+    g = seeded(request)
+    theta, lr, x, y, dims = _packed_problem(g, devices_for(backend)[0], shared=False)
+    inputs = (theta.requires_grad_(), lr.requires_grad_(), x.requires_grad_())
+    assert torch.autograd.gradcheck(lambda t, l, xx: torch.ops.metakern.adapt_fwd(t, l, xx, y, dims, 2, 1, 3),
+                                    inputs, eps=1e-6, atol=1e-7)

@@ -75,7 +75,9 @@ def _load_ext():
         else:
             try:
                 from .. import _C  # noqa: F401  (registers torch.ops.metakern.*)
+                from .. import _compiled_ops
 
+                _compiled_ops.register()
                 _EXT = _C
             except ImportError as e:  # not built, or built against another torch
                 _EXT_ERR = (
