@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import backends as _backends
+from .backends import torch_backend
 
 
 @torch.library.custom_op("metakern_py::adapt", mutates_args=())
@@ -161,4 +162,6 @@ def mlp_op(theta, x, dims, act, backend):
     """The fused batched MLP forward with autograd (see :func:`adapt_op`)."""
     if _compiling():
         return mlp(theta, x, dims, act, backend)
+    if backend == "torch":  # plain ATen ops: autograd's own backward, no recompute
+        return torch_backend.mlp_apply(theta, x, dims, act)
     return _MlpFn.apply(theta, x, dims, act, backend)

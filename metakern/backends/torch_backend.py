@@ -269,11 +269,18 @@ def adapt_bwd(grad: Tensor, theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dim
     return v, g_lr, g_x
 
 
-@torch.no_grad()
-def mlp_fwd(theta: Tensor, x: Tensor, dims, act: int) -> Tensor:
-    """Batched MLP forward ``[T, N, O]`` with packed parameters."""
+def mlp_apply(theta: Tensor, x: Tensor, dims, act: int) -> Tensor:
+    """Batched MLP forward ``[T, N, O]`` with packed parameters, differentiable by autograd.
+
+    In eager mode the torch backend's fused forward is exactly this (autograd keeps
+    the activations of this single forward, which the backward needs anyway).
+    """
     Ws, bs = unpack(theta, dims, x.shape[0])
     return mlp_forward(Ws, bs, x, act)[1]
+
+
+mlp_fwd = torch.no_grad()(mlp_apply)
+mlp_fwd.__doc__ = """Batched MLP forward ``[T, N, O]`` with packed parameters (no graph)."""
 
 
 @torch.no_grad()
