@@ -44,3 +44,46 @@ def adapt(params, x, y, lr, steps, loss="mse", activation="relu", first_order=Fa
     if steps == 0:
         cur = [c * 1 for c in cur]
     return cur
+
+
+# Packed forms (docs/kernels.md), for tests that call the kernels' raw ops: theta is
+# [P] (shared) or [T, P]; loss and activation may be the ops' integer codes.
+ACT_CODES = ("identity", "relu", "tanh", "sigmoid")
+LOSS_CODES = ("mse", "cross_entropy")
+
+
+def _name(v, codes):
+    return codes[v] if isinstance(v, int) else v
+
+
+def unpack(theta, dims, T):
+    """``[W1, b1, ...]`` views with a leading task dim of packed ``theta``."""
+    th = theta.expand(T, -1) if theta.dim() == 1 else theta
+    params, off = [], 0
+    for i, o in zip(dims[:-1], dims[1:]):
+        params.append(th[:, off:off + o * i].reshape(T, o, i))
+        off += o * i
+        params.append(th[:, off:off + o])
+        off += o
+    if off != th.shape[1]:
+        raise ValueError(f"theta has {th.shape[1]} entries, dims {list(dims)} need {off}")
+    return params
+
+
+def mlp_packed(theta, x, dims, act):
+    """Batched MLP on packed parameters: ``[T, N, O]``."""
+    return mlp(unpack(theta, dims, x.shape[0]), x, _name(act, ACT_CODES))
+
+
+def adapt_packed(theta, lr, x, y, dims, steps, loss, act, first_order):
+    """Unrolled inner SGD on packed parameters (``lr`` ``[P]`` or ``[T, P]``): ``theta_K`` ``[T, P]``."""
+    th = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
+    th = th * 1
+    loss, act = _name(loss, LOSS_CODES), _name(act, ACT_CODES)
+    for _ in range(steps):
+        L = task_losses(unpack(th, dims, x.shape[0]), x, y, loss, act)
+        (g,) = torch.autograd.grad(L, th, create_graph=not first_order)
+        if first_order:
+            g = g.detach()
+        th = th - lr * g
+    return th

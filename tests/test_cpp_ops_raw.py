@@ -22,11 +22,11 @@ import zlib
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+import reference as R
 
 F64 = torch.float64
 ACT_NAMES = {0: "identity", 1: "relu", 2: "tanh", 3: "sigmoid"}
-ACT_FNS = {0: lambda z: z, 1: torch.relu, 2: torch.tanh, 3: torch.sigmoid}
 LOSS_NAMES = {0: "mse", 1: "ce"}
 
 
@@ -54,39 +54,8 @@ def num_params(dims):
     return sum(o * (i + 1) for i, o in zip(dims[:-1], dims[1:]))
 
 
-def ref_forward(theta, x, dims, act):
-    """Batched MLP on packed per-task parameters ``theta`` [T, P]: ``z_L`` [T, N, O]."""
-    T = x.shape[0]
-    a, off, L = x, 0, len(dims) - 1
-    for l, (i, o) in enumerate(zip(dims[:-1], dims[1:])):
-        W = theta[:, off:off + o * i].reshape(T, o, i)
-        off += o * i
-        b = theta[:, off:off + o]
-        off += o
-        a = torch.baddbmm(b.unsqueeze(1), a, W.transpose(1, 2))
-        if l < L - 1:
-            a = ACT_FNS[act](a)
-    return a
-
-
-def ref_loss(out, y, loss):
-    """Sum over tasks of each task's mean loss (so per-task gradients are exact)."""
-    if loss == 0:
-        return ((out - y) ** 2).mean(dim=(1, 2)).sum()
-    T, N, O = out.shape
-    return F.cross_entropy(out.reshape(T * N, O), y.reshape(-1), reduction="none").view(T, N).mean(1).sum()
-
-
-def ref_adapt(theta, lr, x, y, dims, steps, loss, act, first_order):
-    """Unrolled inner SGD, ``theta`` [T, P], ``lr`` [T, P] or [P]: returns ``theta_K`` [T, P]."""
-    th = theta
-    for _ in range(steps):
-        L = ref_loss(ref_forward(th, x, dims, act), y, loss)
-        (g,) = torch.autograd.grad(L, th, create_graph=not first_order)
-        if first_order:
-            g = g.detach()
-        th = th - lr * g
-    return th
+ref_forward = R.mlp_packed
+ref_adapt = R.adapt_packed
 
 
 def _grad_or_zero(g, like):

@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 
 
 import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import reference as R  # noqa: E402
 
 from metakern.triton import adapt as tk  # noqa: E402
 
@@ -44,48 +44,8 @@ def n_params(dims):
     return sum(dims[l] * (dims[l - 1] + 1) for l in range(1, len(dims)))
 
 
-def unpack(theta, dims):
-    """[T, P] -> [(W_l [T, d_l, d_{l-1}], b_l [T, d_l])] in the order W_1, b_1, W_2, ..."""
-    layers, off = [], 0
-    for di, do in zip(dims[:-1], dims[1:]):
-        W = theta[:, off:off + do * di].reshape(theta.shape[0], do, di)
-        off += do * di
-        b = theta[:, off:off + do]
-        off += do
-        layers.append((W, b))
-    assert off == theta.shape[1]
-    return layers
-
-
-def ref_mlp(theta, x, dims, act):
-    th = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
-    layers = unpack(th, dims)
-    a = x
-    for l, (W, b) in enumerate(layers):
-        a = torch.baddbmm(b.unsqueeze(1), a, W.transpose(1, 2))
-        if l < len(layers) - 1:
-            a = ACTS[act](a)
-    return a
-
-
-def ref_loss(out, y, loss):
-    """Sum over tasks of each task's mean loss (so the gradient of task t is exact)."""
-    if loss == 0:
-        return ((out - y) ** 2).mean(dim=(1, 2)).sum()
-    T, N, O = out.shape
-    return F.cross_entropy(out.reshape(T * N, O), y.reshape(-1), reduction="none").view(T, N).mean(1).sum()
-
-
-def ref_adapt(theta, lr, x, y, dims, steps, loss, act, first_order):
-    th = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
-    th = th * 1
-    for _ in range(steps):
-        (g,) = torch.autograd.grad(ref_loss(ref_mlp(th, x, dims, act), y, loss), th,
-                                   create_graph=not first_order)
-        if first_order:
-            g = g.detach()
-        th = th - lr * g
-    return th
+ref_mlp = R.mlp_packed
+ref_adapt = R.adapt_packed
 
 
 def grads(out, inputs, v):
