@@ -16,6 +16,8 @@ def register():
     if _DONE:
         return
     _DONE = True
+    from ._ops import reduce_adapt_grads, reduce_mlp_grads
+
     ops = torch.ops.metakern
 
     @torch.library.register_fake("metakern::adapt_fwd")
@@ -42,12 +44,8 @@ def register():
     def adapt_grad(ctx, grad):
         theta, lr, x, y = ctx.saved_tensors
         dims, steps, loss, act = ctx.args
-        need_theta, need_lr, need_x = ctx.needs_input_grad[:3]
-        g_theta, g_lr, g_x = ops.adapt_bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, False, need_x)
-        if theta.dim() == 1:
-            g_theta = g_theta.sum(0)
-        return (g_theta if need_theta else None, g_lr.sum(0) if need_lr else None, g_x if need_x else None,
-                None, None, None, None, None)
+        g = ops.adapt_bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, False, ctx.needs_input_grad[2])
+        return reduce_adapt_grads(theta, *g, ctx.needs_input_grad) + (None,) * 5
 
     torch.library.register_autograd("metakern::adapt_fwd", adapt_grad, setup_context=adapt_setup)
 
@@ -59,10 +57,7 @@ def register():
     def mlp_grad(ctx, grad_out):
         theta, x = ctx.saved_tensors
         dims, act = ctx.args
-        need_theta, need_x = ctx.needs_input_grad[:2]
-        g_theta, g_x = ops.mlp_bwd(grad_out.contiguous(), theta, x, dims, act, need_x)
-        if theta.dim() == 1:
-            g_theta = g_theta.sum(0)
-        return g_theta if need_theta else None, g_x if need_x else None, None, None
+        g_theta, g_x = ops.mlp_bwd(grad_out.contiguous(), theta, x, dims, act, ctx.needs_input_grad[1])
+        return reduce_mlp_grads(theta, g_theta, g_x, ctx.needs_input_grad) + (None,) * 2
 
     torch.library.register_autograd("metakern::mlp_fwd", mlp_grad, setup_context=mlp_setup)

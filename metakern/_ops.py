@@ -26,6 +26,24 @@ from . import backends as _backends
 from .backends import torch_backend
 
 
+def reduce_adapt_grads(theta, g_theta, g_lr, g_x, needs):
+    """Per-task backward outputs to the inputs' gradients ``(theta, lr, x)``.
+
+    Sums over tasks (``sum(0)``, deterministic) where ``theta`` was shared; ``lr`` is
+    always shared. Entries whose input needs no gradient are ``None``.
+    """
+    if theta.dim() == 1:
+        g_theta = g_theta.sum(0)
+    return (g_theta if needs[0] else None, g_lr.sum(0) if needs[1] else None, g_x if needs[2] else None)
+
+
+def reduce_mlp_grads(theta, g_theta, g_x, needs):
+    """As :func:`reduce_adapt_grads` for the fused forward: ``(theta, x)``."""
+    if theta.dim() == 1:
+        g_theta = g_theta.sum(0)
+    return (g_theta if needs[0] else None, g_x if needs[1] else None)
+
+
 @torch.library.custom_op("metakern_py::adapt", mutates_args=())
 def adapt(theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims: List[int], steps: int, loss: int, act: int,
           first_order: bool, backend: str) -> Tensor:
@@ -59,13 +77,10 @@ def _adapt_setup(ctx, inputs, output):
 def _adapt_grad(ctx, grad, bwd=None):
     theta, lr, x, y = ctx.saved_tensors
     dims, steps, loss, act, first_order, backend = ctx.args
-    need_theta, need_lr, need_x = ctx.needs_input_grad[:3]
+    need_x = ctx.needs_input_grad[2]
     bwd = bwd or adapt_backward
-    g_theta, g_lr, g_x = bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, first_order, need_x, backend)
-    if theta.dim() == 1:
-        g_theta = g_theta.sum(0)
-    return (g_theta if need_theta else None, g_lr.sum(0) if need_lr else None, g_x if need_x else None,
-            None, None, None, None, None, None, None)
+    g = bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, first_order, need_x, backend)
+    return reduce_adapt_grads(theta, *g, ctx.needs_input_grad) + (None,) * 7
 
 
 adapt.register_autograd(_adapt_grad, setup_context=_adapt_setup)
@@ -103,12 +118,10 @@ def _mlp_setup(ctx, inputs, output):
 def _mlp_grad(ctx, grad_out, bwd=None):
     theta, x = ctx.saved_tensors
     dims, act, backend = ctx.args
-    need_theta, need_x = ctx.needs_input_grad[:2]
+    need_x = ctx.needs_input_grad[1]
     bwd = bwd or mlp_backward
     g_theta, g_x = bwd(grad_out.contiguous(), theta, x, dims, act, need_x, backend)
-    if theta.dim() == 1:
-        g_theta = g_theta.sum(0)
-    return g_theta if need_theta else None, g_x if need_x else None, None, None, None
+    return reduce_mlp_grads(theta, g_theta, g_x, ctx.needs_input_grad) + (None,) * 3
 
 
 mlp.register_autograd(_mlp_grad, setup_context=_mlp_setup)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from . import _ops
 from . import backends as _backends
-from .backends.torch_backend import num_params
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 LOSSES = {"mse": 0, "cross_entropy": 1}
@@ -188,7 +187,7 @@ def _check_int(name, v, low):
     return int(v)
 
 
-def adapt_packed(theta: Tensor, per_task_any: bool, dims, lr_packed: Tensor, x: Tensor, y: Tensor, *, steps: int,
+def adapt_packed(theta: Tensor, dims, lr_packed: Tensor, x: Tensor, y: Tensor, *, steps: int,
                  loss: int, act: int, first_order: bool, backend: str) -> Tuple[Tensor, str]:
     """Run the fused op on already validated, packed inputs. Returns ``(theta_K [T, P], backend name)``."""
     call = _backends.Call(x.device, x.dtype, tuple(dims), x.shape[0], x.shape[1], steps)
@@ -243,7 +242,7 @@ def adapt(params: Sequence[Tensor], x: Tensor, y: Tensor, *, lr: LrLike, steps: 
     _check_y(y, x, loss_c, dims[-1])
     theta = _pack_params(params, per_task, x.shape[0])
     lr_p = _pack_lr(lr, _shared_shapes(params, per_task), x)
-    thetaK, _ = adapt_packed(theta, any(per_task), dims, lr_p, x, y, steps=steps, loss=loss_c, act=act_c,
+    thetaK, _ = adapt_packed(theta, dims, lr_p, x, y, steps=steps, loss=loss_c, act=act_c,
                              first_order=first_order, backend=backend)
     return unpack_params(thetaK, dims)
 

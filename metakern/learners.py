@@ -183,7 +183,7 @@ class MAML(nn.Module):
         theta = MF._pack_params(params, per_task, x.shape[0])
         lr = list(self.lrs) if self._lr_mode == "per_param" else self.lr
         lr_p = MF._pack_lr(lr, MF._shared_shapes(params, per_task), x)
-        thetaK, _ = MF.adapt_packed(theta, False, dims, lr_p, x, y, steps=steps, loss=loss_c,
+        thetaK, _ = MF.adapt_packed(theta, dims, lr_p, x, y, steps=steps, loss=loss_c,
                                        act=MF.ACTIVATIONS[self.activation], first_order=first_order,
                                        backend=self.backend)
         return _FusedFast(thetaK, dims, MF.ACTIVATIONS[self.activation], self.backend)

@@ -4,13 +4,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import tasks as _tasks
 from .learners import ANIL, MAML, MetaSGD, Reptile
 from .nn import MLP
 
