@@ -29,16 +29,24 @@ Two quantities are timed per (config, provider):
   initialisation (metakern: ``MF.adapt`` + ``MF.forward``);
 * ``step``: a full meta-iteration -- adapt, query forward, loss, ``backward()`` and
   an Adam step (metakern: through the ``mk.MAML`` learner, as a user writes it).
+  Every provider uses the same optimizer, torch's ``Adam(fused=True)``.
 
-Timing: on CPU ``time.perf_counter`` per iteration after a warmup, until enough
-repeats and time are collected; on CUDA ``triton.testing.do_bench`` (L2 flushed
+Timing: on CPU ``time.perf_counter`` per iteration after a warmup, the providers of
+one (config, quantity) *interleaved*: each round calls every provider once, until
+enough rounds and time are collected, so that a slow spell of a shared machine
+slows them all alike instead of one of them (:func:`time_interleaved`); on CUDA ``triton.testing.do_bench`` (L2 flushed
 between calls, CUDA events) with p50/p20/p80 quantiles, or CUDA events when Triton is
 missing. On a CPU whose cores other processes already keep busy, the run uses fewer
 torch threads (:func:`auto_threads`; the ``threads`` column says how many). FLOP/s
 are the algorithm's FLOPs (:func:`meta_flops`) over the median time, and
 ``peak_fraction`` divides them by the device's fp32 matmul rate measured in the same
-run (:func:`measure_peak`). Peak memory is ``torch.cuda.max_memory_allocated``
-over building and one call; left blank on CPU, where no honest equivalent exists.
+run (:func:`measure_peak`). Peak memory (``peak_mem_mb``) on CUDA is
+``torch.cuda.max_memory_allocated`` over building and one call; on CPU it is the
+peak of the bytes allocated through PyTorch's CPU allocator during one call and not
+yet freed, from the profiler's memory events (:func:`cpu_peak_mb`): what the call
+adds on top of the model and data, the graph kept for the backward included. It
+does not see the C++ kernels' per-thread scratch (``std::aligned_alloc``,
+``(K + c) P`` elements per worker thread, ``csrc/metakern/task_math.h:Scratch``).
 ``grad_err`` is each provider's relative meta-gradient difference to ``vmap`` on the
 same inputs (``op`` rows), so a fast but wrong provider shows.
 
@@ -49,6 +57,7 @@ against ``T`` for the sine workload (also ``bench/plot.py`` from any CSV).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import datetime as _dt
@@ -76,6 +85,10 @@ DEFAULT_PNG = os.path.join("bench", "results", "bench.png")
 QUANTITIES = ("op", "step")
 BASELINE = "vmap"
 META_LR = 1e-3  # Adam, for the step quantity
+# Every provider's step uses the same optimizer: torch's fused Adam (one kernel over
+# all parameters, CPU and CUDA). The default per-tensor loop costs ~0.45 ms on a 2-core
+# CPU for the six tensors of the sine MLP, more than metakern's kernels at T=25.
+ADAM_KW = dict(fused=True)
 
 COLUMNS = [
     "date", "run_id", "device", "device_type", "threads", "torch", "triton", "python", "metakern", "git_rev",
@@ -175,6 +188,7 @@ class Profile:
     loop_max_T: int = 256      # the per-task loops (loop, higher) above this T are skipped
     device: str = "cpu"
     peak_gflops: float = 0.0   # measured at the start of the run
+    cpu_memory: bool = True    # CPU: one extra, profiled call per row for peak_mem_mb
     configs: List[Config] = field(default_factory=list)
 
     def expand(self):
@@ -195,7 +209,7 @@ def make_profile(name: str, device: str) -> Profile:
                        peak_n=256, loop_max_T=8)
     if name == "quick":  # < 2 minutes on a 2-core CPU
         return Profile([("sine", (25,), (1,), ("second",)), ("sine", (1024,), (5,), ("second",)),
-                        ("head", (256,), (5,), ("second",))],
+                        ("head", (256,), (5,), ("second",)), ("sine", (256,), (1, 10), ("second",))],
                        warmup_s=0.1, min_reps=5, min_time_s=0.3, max_time_s=2.0, warmup_ms=10, rep_ms=50,
                        peak_n=1024 if not gpu else 8192, loop_max_T=32)
     if name == "full":
@@ -516,7 +530,7 @@ def _callable(quantity: str, loss_fn: Callable, params: List[Tensor], graphed: b
         def fn():
             return torch.autograd.grad(loss_fn(), params)
     else:
-        opt = torch.optim.Adam(params, lr=META_LR, capturable=graphed)
+        opt = torch.optim.Adam(params, lr=META_LR, **ADAM_KW, capturable=graphed)
 
         def fn():
             opt.zero_grad(set_to_none=True)
@@ -561,16 +575,20 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
 
 
-def run_one(cfg: Config, prov: Provider, quantity: str, base_model: nn.Module, data, prof: Profile,
-            ref_grads: Dict) -> dict:
-    """Measure one (config, provider, quantity); never raises for a provider's failure."""
+def prepare(cfg: Config, prov: Provider, quantity: str, base_model: nn.Module, data, prof: Profile,
+            ref_grads: Dict) -> Tuple[dict, Optional[Callable]]:
+    """Build one (config, provider, quantity) and make its first, untimed call.
+
+    Returns ``(row, fn)``: ``fn`` is the timed callable, or ``None`` when the row is
+    ``skipped`` or ``failed`` (the reason in ``note``). Never raises for a provider's
+    failure. The first call also gives the meta-gradient for ``grad_err``.
+    """
     device = prof.device
     row = dict(provider=prov.name, quantity=quantity, status="ok", note="")
-    fn = None
     try:
         why = prov.limits(cfg, prof)
         if why:
-            return dict(row, status="skipped", note="; ".join(why))
+            return dict(row, status="skipped", note="; ".join(why)), None
         model = copy.deepcopy(base_model)
         op_loss, step_loss = prov.build(cfg, model, data)
         if device == "cuda":
@@ -582,30 +600,160 @@ def run_one(cfg: Config, prov: Provider, quantity: str, base_model: nn.Module, d
         _sync(device)
         if device == "cuda":
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        elif prof.cpu_memory:
+            row["peak_mem_mb"] = cpu_peak_mb(fn)
         if quantity == "op":
             got = [g.detach().clone() for g in out]
             if prov.name == BASELINE:
                 ref_grads[cfg] = got
             elif cfg in ref_grads:
                 row["grad_err"] = _rel_err(got, ref_grads[cfg])
-        med, p20, p80, n, timer = time_fn(fn, device, prof)
+        return row, fn
     except Exception as e:  # a provider's failure is a result, not a crash
-        if device == "cuda":
-            try:
-                torch.cuda.synchronize()
-            except Exception:
-                pass
-        return dict(row, status="failed", note=_first_line(e))
+        _recover(device)
+        return dict(row, status="failed", note=_first_line(e)), None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop log lines); Python
+    exceptions still propagate and are reported by the caller."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. an embedding host): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
     finally:
-        del fn
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def cpu_peak_mb(fn: Callable) -> float:
+    """Peak MiB that one call of ``fn`` holds through PyTorch's CPU allocator.
+
+    Replays the allocator's alloc/free events that ``torch.profiler`` records with
+    ``profile_memory=True`` in time order and returns the largest running total.
+    Memory allocated before the call (model, data, optimizer state) is not counted.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2 ** 20
+
+
+def _recover(device: str):
+    gc.collect()
+    if device == "cuda":
+        try:
+            torch.cuda.synchronize()
+        except Exception:
+            pass
+        torch.cuda.empty_cache()
+
+
+def _finish(row: dict, cfg: Config, prof: Profile, med: float, p20: float, p80: float, n, timer: str) -> dict:
     s = med / 1e3
     gflops = cfg.flops / s / 1e9
     row.update(median_ms=med, p20_ms=p20, p80_ms=p80, samples=n, timer=timer, tasks_per_s=cfg.T / s,
                gflops=gflops, peak_fraction=gflops / prof.peak_gflops)
     return row
+
+
+def run_one(cfg: Config, prov: Provider, quantity: str, base_model: nn.Module, data, prof: Profile,
+            ref_grads: Dict) -> dict:
+    """Measure one (config, provider, quantity) on its own; never raises for a provider's failure."""
+    row, fn = prepare(cfg, prov, quantity, base_model, data, prof, ref_grads)
+    if fn is None:
+        return row
+    try:
+        timing = time_fn(fn, prof.device, prof)
+    except Exception as e:
+        return dict(row, status="failed", note=_first_line(e))
+    finally:
+        del fn
+        _recover(prof.device)
+    return _finish(row, cfg, prof, *timing)
+
+
+def time_interleaved(fns: Sequence[Callable], prof: Profile) -> List[Tuple]:
+    """Time several callables in rounds, each round calling every one once (CPU).
+
+    On a shared machine the speed changes over seconds; timing providers one after
+    the other lets a slow spell land on one of them and skew the ratio. In rounds,
+    a spell slows all of them alike. Each round's order is rotated so that no
+    callable always runs right after the same other one. Returns, per callable,
+    ``(median_ms, p20_ms, p80_ms, samples, timer)``, or an exception it raised
+    (that callable is dropped from later rounds).
+    """
+    out: List = [None] * len(fns)
+    live = list(range(len(fns)))
+    end = time.perf_counter() + prof.warmup_s
+    while live and time.perf_counter() < end:
+        live = _round(fns, live, None, out)
+    samples: List[List[float]] = [[] for _ in fns]
+    start, r = time.perf_counter(), 0
+    while live:
+        live = _round(fns, live[r % len(live):] + live[:r % len(live)], samples, out)
+        r += 1
+        spent = time.perf_counter() - start
+        if (r >= prof.min_reps and spent >= prof.min_time_s * len(fns)) or (
+                spent >= prof.max_time_s * len(fns) and r >= 3):
+            break
+    for i in live:
+        out[i] = (*_quantiles(samples[i]), len(samples[i]), "perf_counter, interleaved")
+    return out
+
+
+def _round(fns, order, samples, out) -> List[int]:
+    """Call each ``fns[i]`` for ``i`` in ``order`` once; returns the ones that did not raise, sorted."""
+    alive = []
+    for i in order:
+        try:
+            t0 = time.perf_counter()
+            fns[i]()
+            dt = time.perf_counter() - t0
+        except Exception as e:
+            out[i] = e
+            continue
+        if samples is not None:
+            samples[i].append(dt * 1e3)
+        alive.append(i)
+    return sorted(alive)
+
+
+def measure_config(cfg: Config, provs: Sequence[Provider], quantity: str, base_model: nn.Module, data,
+                   prof: Profile, ref_grads: Dict) -> List[dict]:
+    """Rows for every provider on one (config, quantity).
+
+    On the CPU the providers are timed interleaved (:func:`time_interleaved`); on a
+    GPU one after the other (each with ``do_bench``, and its own peak memory).
+    """
+    if prof.device != "cpu":
+        return [run_one(cfg, pr, quantity, base_model, data, prof, ref_grads) for pr in provs]
+    prepared = [prepare(cfg, pr, quantity, base_model, data, prof, ref_grads) for pr in provs]
+    live = [i for i, (_, fn) in enumerate(prepared) if fn is not None]
+    timings = time_interleaved([prepared[i][1] for i in live], prof)
+    rows = [row for row, _ in prepared]
+    for i, t in zip(live, timings):
+        if isinstance(t, BaseException):
+            rows[i] = dict(rows[i], status="failed", note=_first_line(t))
+        else:
+            _finish(rows[i], cfg, prof, *t)
+    del prepared, timings
+    _recover(prof.device)
+    return rows
 
 
 # ----------------------------------------------------------------------------- environment, output
@@ -849,15 +997,13 @@ def run(name: str, prof: Profile, provs: List[Provider], quantities: Sequence[st
             break
         w = cfg.workload
         data, base_model = make_data(w, cfg.T, device), make_model(w, device)
-        ref_grads, base_ms = {}, {}
+        ref_grads = {}
         for quantity in quantities:
-            for pr in provs:
-                row = run_one(cfg, pr, quantity, base_model, data, prof, ref_grads)
-                if row["status"] == "ok":
-                    if pr.name == BASELINE:
-                        base_ms[quantity] = row["median_ms"]
-                    if quantity in base_ms:
-                        row["speedup_vs_vmap"] = base_ms[quantity] / row["median_ms"]
+            q_rows = measure_config(cfg, provs, quantity, base_model, data, prof, ref_grads)
+            base = [r["median_ms"] for r in q_rows if r["provider"] == BASELINE and r["status"] == "ok"]
+            for row in q_rows:
+                if row["status"] == "ok" and base:
+                    row["speedup_vs_vmap"] = base[0] / row["median_ms"]
                 row.update(env, date=_utc_now(), run_id=run_id, profile=name, workload=w.name,
                            dims="-".join(map(str, w.dims)), loss=w.loss, T=cfg.T, K=cfg.K, order=cfg.order,
                            n_support=w.n_support, n_query=w.n_query, flops=cfg.flops, peak_gflops=prof.peak_gflops)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from metakern import benchmark as bm
+from metakern.backends import available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--profile", "smoke", "--threads", "1"]
@@ -51,10 +52,10 @@ def test_smoke_csv_columns_and_rows(smoke):
     assert len({r["run_id"] for r in rows}) == 1
     for r in rows:
         assert r["device_type"] == "cpu" and r["torch"] == torch.__version__ and r["git_rev"]
-        assert r["peak_mem_mb"] == ""  # nothing honest to report on CPU
         assert r["status"] in ("ok", "skipped"), r  # no provider fails on these configs
         if r["status"] != "ok":
             continue
+        assert float(r["peak_mem_mb"]) > 0  # the CPU allocator's peak over one call
         p20, med, p80 = float(r["p20_ms"]), float(r["median_ms"]), float(r["p80_ms"])
         assert 0 < p20 <= med <= p80
         T, secs = int(r["T"]), med / 1e3
@@ -95,6 +96,37 @@ def test_flops_by_hand():
     assert bm.meta_flops((64, 5), 1, 5, False, 25, 75) == 3 * 5 * Fs + 3 * Fq + 9 * 5 * Fs == 1_104_000
     cfg = bm.Config(bm.WORKLOADS["sine"], 25, 1, False)
     assert cfg.flops == 12_600_000 and cfg.order == "second"
+
+
+def test_cpu_peak_mb_counts_live_bytes():
+    def fn():
+        a = torch.empty(2 ** 18)  # 1 MiB of float32
+        b = torch.empty(2 ** 17)  # 0.5 MiB, live together with a
+        del a, b
+        c = torch.empty(2 ** 18)  # reuses a's freed space: the peak stays at 1.5 MiB
+        return c
+
+    assert bm.cpu_peak_mb(fn) == pytest.approx(1.5, abs=0.01)
+
+
+@pytest.mark.skipif(bool(available()["cpp"]), reason="the cpp backend is not built (test_build checks it is in CI)")
+def test_cpp_memory_does_not_grow_with_steps():
+    """Second order: the cpp op keeps the inputs for the backward and recomputes the
+    trajectory in per-thread scratch, so what one meta-gradient allocates through
+    PyTorch does not depend on K; vmap's graph grows with every inner step."""
+    w = bm.WORKLOADS["sine"]
+    prof = bm.make_profile("smoke", "cpu")
+    provs = {p.name: p for p in bm.providers()}
+    data, base = bm.make_data(w, 64, "cpu"), bm.make_model(w, "cpu")
+    mem = {}
+    for K in (1, 6):
+        cfg = bm.Config(w, 64, K, False)
+        for name in ("mk-cpp", "vmap"):
+            row, fn = bm.prepare(cfg, provs[name], "op", base, data, prof, {})
+            assert fn is not None, row
+            mem[name, K] = row["peak_mem_mb"]
+    assert mem["mk-cpp", 6] == pytest.approx(mem["mk-cpp", 1], rel=1e-6)
+    assert mem["vmap", 6] > 2 * mem["vmap", 1]
 
 
 def test_profiles_cover_the_brief():

@@ -45,15 +45,37 @@ def num_params(dims: Sequence[int]) -> int:
 
 
 def unpack(theta: Tensor, dims: Sequence[int], T: int) -> Tuple[List[Tensor], List[Tensor]]:
-    """Views ``W_l`` ``[T, out, in]`` and ``b_l`` ``[T, out]`` of packed ``theta``.
+    """Views ``W_l`` and ``b_l`` of packed ``theta``.
 
-    A shared ``theta`` (``[P]``) is expanded over tasks without copying.
+    Per-task ``theta`` (``[T, P]``) gives ``[T, out, in]`` and ``[T, out]``; a shared
+    one (``[P]``) gives ``[out, in]`` and ``[out]``, which the stages below apply to
+    all ``T * N`` points in one matrix product instead of ``T`` small ones.
     """
-    if theta.dim() == 1:
-        theta = theta.unsqueeze(0).expand(T, -1)
-    pieces = theta.split(_split_sizes(tuple(dims)), dim=1)
-    Ws = [pieces[2 * l].view(T, o, i) for l, (i, o) in enumerate(zip(dims[:-1], dims[1:]))]
+    pieces = theta.split(_split_sizes(tuple(dims)), dim=-1)
+    lead = theta.shape[:-1]
+    Ws = [pieces[2 * l].view(*lead, o, i) for l, (i, o) in enumerate(zip(dims[:-1], dims[1:]))]
     return Ws, list(pieces[1::2])
+
+
+def linear(a: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """``a W^T + b`` for ``a`` ``[T, N, in]``: per-task ``W`` ``[T, out, in]`` (``baddbmm``)
+    or shared ``W`` ``[out, in]`` (one ``addmm`` over all ``T * N`` rows)."""
+    if W.dim() == 2:
+        return torch.nn.functional.linear(a, W, b)
+    return torch.baddbmm(b.unsqueeze(1), a, W.transpose(1, 2))
+
+
+def matmul_w(d: Tensor, W: Tensor) -> Tensor:
+    """``d W`` for ``d`` ``[T, N, out]`` and a per-task or shared ``W``."""
+    return torch.bmm(d, W) if W.dim() == 3 else torch.matmul(d, W)
+
+
+def add_matmul_wt_(acc: Tensor, a: Tensor, W: Tensor) -> Tensor:
+    """``acc += a W^T`` in place (``acc`` freshly computed, contiguous)."""
+    if W.dim() == 3:
+        return acc.baddbmm_(a, W.transpose(1, 2))
+    acc.view(-1, acc.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), W.t())
+    return acc
 
 
 @functools.lru_cache(maxsize=64)
@@ -116,7 +138,7 @@ def mlp_forward(Ws: Sequence[Tensor], bs: Sequence[Tensor], x: Tensor, act: int)
     a = x
     L = len(Ws)
     for l in range(L):
-        z = torch.baddbmm(bs[l].unsqueeze(1), a, Ws[l].transpose(1, 2))
+        z = linear(a, Ws[l], bs[l])
         if l < L - 1:
             a = act_fn(z, act)
             acts.append(a)
@@ -164,7 +186,7 @@ def backprop(Ws: Sequence[Tensor], acts: Sequence[Tensor], d_out: Tensor, act: i
         dWs[l] = torch.bmm(delta.transpose(1, 2), acts[l])
         dbs[l] = delta.sum(1)
         if l > 0 or need_x:
-            backs[l] = torch.bmm(delta, Ws[l])
+            backs[l] = matmul_w(delta, Ws[l])
         if l > 0:
             delta = mul_d1(backs[l], acts[l], act)
     return dWs, dbs, deltas, backs, backs[0] if need_x else None
@@ -198,7 +220,7 @@ def hvp(cache, u: Tensor, dims, loss: int, act: int, need_x: bool):
     for l in range(L):
         rz = torch.baddbmm(ubs[l].unsqueeze(1), acts[l], uWs[l].transpose(1, 2))
         if l > 0:
-            rz = torch.baddbmm(rz, r_a[l], Ws[l].transpose(1, 2))
+            rz = add_matmul_wt_(rz, r_a[l], Ws[l])
         r_z[l] = rz
         if l < L - 1:
             r_a[l + 1] = mul_d1(rz, acts[l + 1], act)
@@ -211,7 +233,7 @@ def hvp(cache, u: Tensor, dims, loss: int, act: int, need_x: bool):
             rW = torch.baddbmm(rW, deltas[l].transpose(1, 2), r_a[l])
         rWs[l], rbs[l] = rW, r_delta.sum(1)
         if l > 0 or need_x:
-            back = torch.baddbmm(torch.bmm(r_delta, Ws[l]), deltas[l], uWs[l])
+            back = matmul_w(r_delta, Ws[l]).baddbmm_(deltas[l], uWs[l])
         if l > 0:
             a = acts[l]
             d2 = act_d2(a, act)
@@ -232,10 +254,12 @@ def _per_task(theta: Tensor, T: int) -> Tensor:
 def adapt_fwd(theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims, steps: int, loss: int, act: int) -> Tensor:
     """``theta_{k+1} = theta_k - lr * grad L(theta_k)`` for ``k < steps``; returns ``theta_K`` ``[T, P]``."""
     T = x.shape[0]
-    th = _per_task(theta, T).clone(memory_format=torch.contiguous_format)
-    for _ in range(steps):
+    if steps == 0:
+        return _per_task(theta, T).clone(memory_format=torch.contiguous_format)
+    th = theta  # shared ([P]) until the first step makes it per task
+    for k in range(steps):
         g, _ = task_grad(th, x, y, dims, loss, act)
-        th.addcmul_(g, lr, value=-1.0)
+        th = torch.addcmul(th, g, lr, value=-1.0) if k == 0 else th.addcmul_(g, lr, value=-1.0)
     return th
 
 
@@ -247,8 +271,7 @@ def adapt_bwd(grad: Tensor, theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dim
     For ``k = K-1 .. 0``: ``u = lr * v_{k+1}``; ``g_lr -= g_k * v_{k+1}``; second order:
     ``v_k = v_{k+1} - H_k u`` and ``g_x -= R{delta_0}``.
     """
-    T = x.shape[0]
-    th = _per_task(theta, T)
+    th = theta  # shared ([P]) theta_0 keeps the one-matrix-product path of the stages
     traj = []  # theta_0 .. theta_{K-1}: parameters only, no activations
     for k in range(steps):
         traj.append(th)
