@@ -5,6 +5,8 @@ CPU/CUDA kernels; here they get fake (meta) implementations, for ``torch.compile
 and ``opcheck``, and autograd formulas: ``adapt_fwd`` is differentiated exactly
 (second order) through ``adapt_bwd``, ``mlp_fwd`` through ``mlp_bwd``. The
 first-order variant is a choice of the caller, made through ``metakern_py::adapt``.
+``maml_fwd`` returns its own gradients (it is differentiated by ``metakern._ops``,
+which calls it below the Autograd key), so it only gets a fake kernel here.
 """
 import torch
 
@@ -35,6 +37,12 @@ def register():
     @torch.library.register_fake("metakern::mlp_bwd")
     def _(grad_out, theta, x, dims, act, need_x):
         return x.new_empty((x.shape[0], theta.shape[-1])), x.new_empty(x.shape)
+
+    @torch.library.register_fake("metakern::maml_fwd")
+    def _(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad):
+        n = xs.shape[0] if need_grad else 0
+        return theta.new_empty((xs.shape[0],)), theta.new_empty((n, theta.shape[-1])), theta.new_empty(
+            (n, theta.shape[-1]))
 
     def adapt_setup(ctx, inputs, output):
         theta, lr, x, y, dims, steps, loss, act = inputs

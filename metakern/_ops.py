@@ -160,6 +160,51 @@ class _MlpFn(torch.autograd.Function):
         return _mlp_grad(ctx, grad_out, _mlp_bwd_direct)
 
 
+class _MamlFn(torch.autograd.Function):
+    """Per-task MAML objectives ``[T]`` from a backend's fused ``maml_fwd``.
+
+    The forward computes the losses and, when ``theta`` or ``lr`` need a gradient,
+    the per-task gradients ``dl_t/dtheta`` and ``dl_t/dlr`` in the same pass (the
+    backend's kernel walks the inner loop once); the backward only weights them by
+    the incoming ``dL/dl_t`` and sums over tasks where the input was shared.
+    """
+
+    @staticmethod
+    def forward(ctx, theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend):
+        need = bool(ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        losses, g_theta, g_lr = _backends.get(backend).maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act,
+                                                                first_order, need)
+        ctx.save_for_backward(g_theta, g_lr)
+        ctx.shared = theta.dim() == 1
+        return losses
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        g_theta, g_lr = ctx.saved_tensors
+        gt = gl = None
+        if ctx.needs_input_grad[0]:
+            gt = g_out @ g_theta if ctx.shared else g_theta * g_out.unsqueeze(1)
+        if ctx.needs_input_grad[1]:
+            gl = g_out @ g_lr
+        return (gt, gl) + (None,) * 10
+
+
+def maml_op(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend):
+    """Per-task query losses ``[T]`` after ``steps`` inner steps, differentiable w.r.t.
+    ``theta``, ``lr`` and (composed path) ``xs`` / ``xq``.
+
+    Takes the backend's fused ``maml_fwd`` in eager mode when it has one and no input
+    batch needs a gradient; otherwise composes :func:`adapt_op` and :func:`mlp_op`
+    (also under ``torch.compile``, where those are registered ops).
+    """
+    fused = _backends.get(backend).maml_fwd is not None and not _compiling()
+    if fused and not (torch.is_grad_enabled() and (xs.requires_grad or xq.requires_grad)):
+        return _MamlFn.apply(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend)
+    thetaK = adapt_op(theta, lr, xs, ys, dims, steps, loss, act, first_order, backend)
+    return torch_backend.loss_value(mlp_op(thetaK, xq, dims, act, backend), yq, loss)
+
+
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
 

@@ -10,8 +10,12 @@ Every *workload* is a fixed model and task shape (:data:`WORKLOADS`); a *config*
 the number of tasks ``T``, inner steps ``K`` and the order (first / second). Each
 *provider* runs the same meta-iteration:
 
-* ``mk-<backend>``: metakern's fused op, one per available backend (``torch``,
-  ``cpp``; on CUDA ``triton`` and ``cuda``; Triton never under the interpreter);
+* ``mk-<backend>``: metakern, one per available backend (``torch``, ``cpp``; on CUDA
+  ``triton`` and ``cuda``; Triton never under the interpreter), through the MAML
+  objective API (``MAML.meta_loss`` / ``functional.meta_loss``): one fused op for the
+  losses and their meta-gradient where the backend has it (``torch``, ``cpp``);
+* ``mk-<backend>-2op`` (``torch``, ``cpp``): the same backends through the two-op API,
+  ``MAML.adapt(xs, ys)(xq)`` then the loss (``functional.adapt`` + ``forward``);
 * ``vmap``: torch.func (``functional_call`` + ``grad`` + ``vmap`` over tasks, the
   outer autograd differentiating through the inner gradients: exact second order).
   It is the baseline of the ``speedup_vs_vmap`` column;
@@ -26,7 +30,7 @@ Two quantities are timed per (config, provider):
 
 * ``op``: adaptation and meta-gradient only -- adapt with parameters that require
   grad, query forward and loss, ``torch.autograd.grad`` of it w.r.t. the
-  initialisation (metakern: ``MF.adapt`` + ``MF.forward``);
+  initialisation (metakern: the functional API);
 * ``step``: a full meta-iteration -- adapt, query forward, loss, ``backward()`` and
   an Adam step (metakern: through the ``mk.MAML`` learner, as a user writes it).
   Every provider uses the same optimizer, torch's ``Adam(fused=True)``.
@@ -279,17 +283,21 @@ def mlp_apply(params: Sequence[Tensor], x: Tensor, activation: str) -> Tensor:
 # as a differentiable function of model.parameters().
 
 
-def _build_metakern(backend: str):
+def _build_metakern(backend: str, two_ops: bool = False):
     def build(cfg: Config, model: nn.Module, data):
         w, (xs, ys, xq, yq) = cfg.workload, data
         params, kw = list(model.parameters()), dict(activation=w.activation, backend=backend)
 
         def op_loss():
-            fast = MF.adapt(params, xs, ys, lr=w.lr, steps=cfg.K, loss=w.loss, first_order=cfg.first_order, **kw)
-            return task_loss(MF.forward(fast, xq, **kw), yq, w.loss)
+            return MF.meta_loss(params, xs, ys, xq, yq, lr=w.lr, steps=cfg.K, loss=w.loss,
+                                first_order=cfg.first_order, **kw)
 
         maml = mk.MAML(model, lr=w.lr, steps=cfg.K, first_order=cfg.first_order, loss=w.loss, backend=backend)
-        return op_loss, lambda: task_loss(maml.adapt(xs, ys)(xq), yq, w.loss)
+        if two_ops:
+            return (lambda: task_loss(MF.forward(MF.adapt(params, xs, ys, lr=w.lr, steps=cfg.K, loss=w.loss,
+                                                          first_order=cfg.first_order, **kw), xq, **kw), yq, w.loss),
+                    lambda: task_loss(maml.adapt(xs, ys)(xq), yq, w.loss))
+        return op_loss, lambda: maml.meta_loss(xs, ys, xq, yq)
     return build
 
 
@@ -393,12 +401,19 @@ def _loop_limits(cfg: Config, prof: Profile) -> List[str]:
     return []
 
 
+# Backends with a fused MAML objective (``maml_fwd``); their two-op path is measured too.
+FUSED_MAML = ("torch", "cpp")
+
+
 def providers() -> List[Provider]:
     """Every provider, the baseline first."""
     out = [Provider(BASELINE, _build_vmap, lambda d: [], about="torch.func functional_call+grad+vmap over tasks")]
     for b in mk.backends.BACKENDS:
         out.append(Provider(f"mk-{b}", _build_metakern(b), _mk_unavailable(b), _mk_limits(b),
-                            about=f"metakern fused op, backend={b!r}"))
+                            about=f"metakern, backend={b!r}: MAML.meta_loss / functional.meta_loss"))
+    for b in FUSED_MAML:  # the same backends through the two-op API: adapt, then the fast model
+        out.append(Provider(f"mk-{b}-2op", _build_metakern(b, two_ops=True), _mk_unavailable(b), _mk_limits(b),
+                            about=f"metakern, backend={b!r}: MAML.adapt(xs, ys)(xq) / functional.adapt + forward"))
     out += [
         Provider("vmap-graph", _build_vmap, lambda d: [] if d == "cuda" else ["CUDA graphs need --device cuda"],
                  graphed=True, about="vmap captured once in a CUDA graph, replayed"),
@@ -421,7 +436,7 @@ def select_providers(names: Optional[str], backends: Optional[str]) -> List[Prov
         is_mk = p.name.startswith("mk-")
         if want is not None and p.name not in want and not (is_mk and "mk" in want):
             continue
-        if bks is not None and is_mk and p.name[3:] not in bks:
+        if bks is not None and is_mk and p.name[3:].split("-")[0] not in bks:
             continue
         out.append(p)
     return out

@@ -102,26 +102,50 @@ def _check_x(x, name="x"):
         raise ValueError(f"{name} must have at least one task, point and feature, got shape {tuple(x.shape)}")
 
 
-def _check_y(y, x: Tensor, loss: int, out_features: int):
+def _check_y(y, x: Tensor, loss: int, out_features: int, name: str = "y", x_name: str = "x"):
     T, N = x.shape[:2]
     if not isinstance(y, Tensor):
-        raise TypeError(f"y must be a tensor, got {type(y).__name__}")
+        raise TypeError(f"{name} must be a tensor, got {type(y).__name__}")
     if y.device != x.device:
-        raise ValueError(f"y is on {y.device} but x is on {x.device}; move them to one device")
+        raise ValueError(f"{name} is on {y.device} but {x_name} is on {x.device}; move them to one device")
     if loss == LOSSES["mse"]:
         if y.dtype != x.dtype:
-            raise TypeError(f"y for loss='mse' must have x's dtype {x.dtype}, got {y.dtype}")
+            raise TypeError(f"{name} for loss='mse' must have {x_name}'s dtype {x.dtype}, got {y.dtype}")
         if tuple(y.shape) != (T, N, out_features):
-            raise ValueError(f"y for loss='mse' must have shape [T, N, O] = {(T, N, out_features)}, got {tuple(y.shape)}")
+            raise ValueError(f"{name} for loss='mse' must have shape [T, N, O] = {(T, N, out_features)}, "
+                             f"got {tuple(y.shape)}")
     else:
         if y.dtype != torch.int64:
-            raise TypeError(f"y for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
+            raise TypeError(f"{name} for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
         if tuple(y.shape) != (T, N):
-            raise ValueError(f"y for loss='cross_entropy' must have shape [T, N] = {(T, N)}, got {tuple(y.shape)}")
+            raise ValueError(f"{name} for loss='cross_entropy' must have shape [T, N] = {(T, N)}, "
+                             f"got {tuple(y.shape)}")
         if not _is_compiling() and bool(((y < 0) | (y >= out_features)).any()):
             lo, hi = int(y.min()), int(y.max())
-            raise ValueError(f"y holds class indices in [{lo}, {hi}] but the model has {out_features} outputs; "
+            raise ValueError(f"{name} holds class indices in [{lo}, {hi}] but the model has {out_features} outputs; "
                              f"indices must lie in [0, {out_features - 1}]")
+
+
+def _check_query(xq, xs: Tensor):
+    """``xq`` ``[T, Nq, D]`` beside the support inputs ``xs`` ``[T, N, D]``."""
+    _check_x(xq, "xq")
+    if xq.dtype != xs.dtype:
+        raise TypeError(f"xq has dtype {xq.dtype} but xs has {xs.dtype}; use one dtype")
+    if xq.device != xs.device:
+        raise ValueError(f"xq is on {xq.device} but xs is on {xs.device}; move them to one device")
+    if xq.shape[0] != xs.shape[0] or xq.shape[2] != xs.shape[2]:
+        raise ValueError(f"xq must be [T, Nq, D] with the T and D of xs {tuple(xs.shape)}, got {tuple(xq.shape)}")
+
+
+def _check_reduction(reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _reduce(losses: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return losses.mean()
+    return losses.sum() if reduction == "sum" else losses
 
 
 def _pack_params(params: Sequence[Tensor], per_task: Sequence[bool], T: int) -> Tensor:
@@ -247,6 +271,55 @@ def adapt(params: Sequence[Tensor], x: Tensor, y: Tensor, *, lr: LrLike, steps: 
     return unpack_params(thetaK, dims)
 
 
+def maml_loss_packed(theta: Tensor, dims, lr_packed: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, *,
+                     steps: int, loss: int, act: int, first_order: bool, backend: str) -> Tensor:
+    """Per-task query losses ``[T]`` on already validated, packed inputs."""
+    call = _backends.Call(xs.device, xs.dtype, tuple(dims), xs.shape[0], max(xs.shape[1], xq.shape[1]), steps)
+    b = _backends.select(backend, call)
+    return _ops.maml_op(theta, lr_packed, xs.contiguous(), ys.contiguous(), xq.contiguous(), yq.contiguous(),
+                        list(dims), steps, loss, act, bool(first_order), b.name)
+
+
+def meta_loss(params: Sequence[Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, *, lr: LrLike,
+              steps: int = 1, loss: str = "mse", activation: str = "relu", first_order: bool = False,
+              backend: str = "auto", reduction: str = "mean") -> Tensor:
+    """The MAML objective: adapt on the support set, evaluate on the query set.
+
+    Equal to ``loss(forward(adapt(params, xs, ys, ...), xq), yq)`` per task, reduced
+    over tasks (``"mean"``, ``"sum"`` or ``"none"`` for the ``[T]`` per-task losses;
+    each task's loss is the mean over its query points). Where the backend has a
+    fused kernel for it (``cpp``, ``torch``) it is one op that computes the losses
+    and their gradient in a single walk of the inner loop, with no recomputation in
+    the backward; elsewhere, or when ``xs`` / ``xq`` need a gradient, it composes
+    :func:`adapt` and :func:`forward`. Arguments as :func:`adapt`; ``xq`` is
+    ``[T, Nq, D]`` and ``yq`` its targets.
+
+    >>> import torch, metakern.functional as MF
+    >>> params = [torch.randn(40, 1), torch.zeros(40), torch.randn(1, 40) * 0.1, torch.zeros(1)]
+    >>> xs, ys, xq, yq = torch.randn(4, 5, 1), torch.randn(4, 5, 1), torch.randn(4, 7, 1), torch.randn(4, 7, 1)
+    >>> MF.meta_loss(params, xs, ys, xq, yq, lr=0.01, reduction="none").shape
+    torch.Size([4])
+    """
+    _check_x(xs, "xs")
+    _check_query(xq, xs)
+    dims, per_task = check_params(params, xs)
+    loss_c = _choice("loss", loss, LOSSES)
+    act_c = _choice("activation", activation, ACTIVATIONS)
+    steps = _check_int("steps", steps, 0)
+    if not isinstance(first_order, bool):
+        raise TypeError(f"first_order must be a bool, got {type(first_order).__name__}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    _check_reduction(reduction)
+    _check_y(ys, xs, loss_c, dims[-1], "ys", "xs")
+    _check_y(yq, xq, loss_c, dims[-1], "yq", "xq")
+    theta = _pack_params(params, per_task, xs.shape[0])
+    lr_p = _pack_lr(lr, _shared_shapes(params, per_task), xs)
+    losses = maml_loss_packed(theta, dims, lr_p, xs, ys, xq, yq, steps=steps, loss=loss_c, act=act_c,
+                              first_order=first_order, backend=backend)
+    return _reduce(losses, reduction)
+
+
 def forward_packed(theta: Tensor, x: Tensor, dims, act: int, backend: str = "auto") -> Tensor:
     """Fused batched MLP forward on packed parameters (``[P]`` or ``[T, P]``)."""
     call = _backends.Call(x.device, x.dtype, tuple(dims), x.shape[0], x.shape[1], 0)
@@ -269,4 +342,4 @@ def forward(params: Sequence[Tensor], x: Tensor, *, activation: str = "relu", ba
     return forward_packed(theta, x, dims, act_c, backend)
 
 
-__all__ = ["adapt", "forward", "ACTIVATIONS", "LOSSES"]
+__all__ = ["adapt", "forward", "meta_loss", "ACTIVATIONS", "LOSSES"]

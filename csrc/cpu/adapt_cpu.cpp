@@ -1,4 +1,4 @@
-// C++ CPU kernels of the four metakern ops (docs/kernels.md).
+// C++ CPU kernels of the metakern ops (docs/kernels.md).
 //
 // Launchers: validate (metakern/checks.h), allocate outputs, then at::parallel_for
 // over tasks. Each worker allocates one scratch block per chunk of tasks and runs the
@@ -27,6 +27,7 @@ constexpr const char* kAdaptFwd = "metakern::adapt_fwd";
 constexpr const char* kAdaptBwd = "metakern::adapt_bwd";
 constexpr const char* kMlpFwd = "metakern::mlp_fwd";
 constexpr const char* kMlpBwd = "metakern::mlp_bwd";
+constexpr const char* kMamlFwd = "metakern::maml_fwd";
 
 // A 64-byte aligned, zeroed scratch block (one per chunk of tasks).
 struct FreeDeleter {
@@ -180,7 +181,55 @@ std::tuple<at::Tensor, at::Tensor> mlp_bwd_cpu(const at::Tensor& grad_out, const
   return {g_theta, g_x};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_cpu(const at::Tensor& theta, const at::Tensor& lr,
+                                                            const at::Tensor& xs, const at::Tensor& ys,
+                                                            const at::Tensor& xq, const at::Tensor& yq,
+                                                            at::IntArrayRef dims, int64_t steps, int64_t loss,
+                                                            int64_t act, bool first_order, bool need_grad) {
+  int64_t Nq = 0;
+  const Problem pr = check_maml(kMamlFwd, theta, lr, xs, ys, xq, yq, dims, steps, loss, act, &Nq);
+  check_cpu(kMamlFwd, theta, "theta");
+  at::Tensor losses = at::empty({pr.T}, theta.options());
+  at::Tensor g_theta = at::empty({need_grad ? pr.T : 0, pr.P}, theta.options());
+  at::Tensor g_lr = at::empty({need_grad ? pr.T : 0, pr.P}, theta.options());
+  if (pr.T == 0) return {losses, g_theta, g_lr};
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "maml_fwd_cpu", [&] {
+    const tm::Mlp net = tm::Mlp::make(pr.dims.data(), pr.L);
+    const scalar_t* th = theta.data_ptr<scalar_t>();
+    const scalar_t* lrp = lr.data_ptr<scalar_t>();
+    const scalar_t* xsp = xs.data_ptr<scalar_t>();
+    const scalar_t* xqp = xq.data_ptr<scalar_t>();
+    const bool mse = loss == tm::kMSE;
+    const scalar_t* ysf = mse ? ys.data_ptr<scalar_t>() : nullptr;
+    const int64_t* ysi = mse ? nullptr : ys.data_ptr<int64_t>();
+    const scalar_t* yqf = mse ? yq.data_ptr<scalar_t>() : nullptr;
+    const int64_t* yqi = mse ? nullptr : yq.data_ptr<int64_t>();
+    scalar_t* lp = losses.data_ptr<scalar_t>();
+    scalar_t* gtp = need_grad ? g_theta.data_ptr<scalar_t>() : nullptr;
+    scalar_t* glp = need_grad ? g_lr.data_ptr<scalar_t>() : nullptr;
+    const int64_t Ns = pr.N, P = pr.P, D = pr.D, O = pr.O;
+    const int64_t th_stride = pr.shared_theta ? 0 : P;
+    const bool rop = need_grad && !first_order && steps > 0;
+    const int64_t ws_s = tm::Scratch<scalar_t>::size(net, Ns, steps + 1, rop);
+    const int64_t ws_q = tm::Scratch<scalar_t>::size(net, Nq, 0, false);
+    at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
+      auto buf = alloc_scratch<scalar_t>(ws_s + ws_q);
+      auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, Ns, steps + 1, rop);
+      auto q = tm::Scratch<scalar_t>::carve(buf.get() + ws_s, net, Nq, 0, false);
+      for (int64_t t = begin; t < end; ++t) {
+        tm::Targets<scalar_t> ts{ysf ? ysf + t * Ns * O : nullptr, ysi ? ysi + t * Ns : nullptr};
+        tm::Targets<scalar_t> tq{yqf ? yqf + t * Nq * O : nullptr, yqi ? yqi + t * Nq : nullptr};
+        tm::maml_task<scalar_t>(net, Ns, Nq, steps, th + t * th_stride, lrp, xsp + t * Ns * D, ts,
+                                xqp + t * Nq * D, tq, static_cast<int>(act), static_cast<int>(loss), first_order,
+                                need_grad, lp + t, gtp ? gtp + t * P : nullptr, glp ? glp + t * P : nullptr, s, q);
+      }
+    });
+  });
+  return {losses, g_theta, g_lr};
+}
+
 TORCH_LIBRARY_IMPL(metakern, CPU, m) {
+  m.impl("maml_fwd", &maml_fwd_cpu);
   m.impl("adapt_fwd", &adapt_fwd_cpu);
   m.impl("adapt_bwd", &adapt_bwd_cpu);
   m.impl("mlp_fwd", &mlp_fwd_cpu);

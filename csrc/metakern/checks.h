@@ -81,7 +81,7 @@ inline Problem check_common(const char* op, const at::Tensor& theta, const at::T
 }
 
 // Class indices must lie in [0, O) before any kernel uses them as offsets.
-inline void check_class_indices(const char* op, const at::Tensor& y, int64_t O) {
+inline void check_class_indices(const char* op, const at::Tensor& y, int64_t O, const char* name = "y") {
   if (y.numel() == 0) return;
   if (y.device().is_cpu()) {
     const int64_t* p = y.data_ptr<int64_t>();
@@ -93,12 +93,31 @@ inline void check_class_indices(const char* op, const at::Tensor& y, int64_t O) 
         break;
       }
     }
-    TORCH_CHECK(bad < 0, op, ": y holds class index ", (bad < 0 ? 0 : p[bad]), " (task ",
+    TORCH_CHECK(bad < 0, op, ": ", name, " holds class index ", (bad < 0 ? 0 : p[bad]), " (task ",
                 (bad < 0 ? 0 : bad / y.size(1)), ", point ", (bad < 0 ? 0 : bad % y.size(1)),
                 "), outside [0, O) with O = ", O);
   } else {
     const bool ok = ((y >= 0) & (y < O)).all().item<bool>();
-    TORCH_CHECK(ok, op, ": y holds a class index outside [0, O) with O = ", O);
+    TORCH_CHECK(ok, op, ": ", name, " holds a class index outside [0, O) with O = ", O);
+  }
+}
+
+// Targets y of T tasks with N points: [T, N, O] floats (MSE) or [T, N] class indices in [0, O).
+inline void check_targets(const char* op, const char* name, const at::Tensor& y, const at::Tensor& theta,
+                          int64_t loss, int64_t T, int64_t N, int64_t O) {
+  TORCH_CHECK(y.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(y.device() == theta.device(), op, ": ", name, " must be on the device of theta (", theta.device(),
+              "), got ", y.device());
+  TORCH_CHECK(y.is_contiguous(), op, ": ", name, " must be contiguous (got strides ", y.strides(), ")");
+  if (loss == 0) {
+    TORCH_CHECK(y.scalar_type() == theta.scalar_type(), op, ": ", name, " must have the dtype of theta (",
+                theta.scalar_type(), ") for loss=0 (MSE), got ", y.scalar_type());
+    check_shape(op, name, y, {T, N, O});
+  } else {
+    TORCH_CHECK(y.scalar_type() == at::kLong, op, ": ", name,
+                " must be int64 class indices for loss=1 (cross-entropy), got ", y.scalar_type());
+    check_shape(op, name, y, {T, N});
+    check_class_indices(op, y, O, name);
   }
 }
 
@@ -112,20 +131,22 @@ inline Problem check_adapt(const char* op, const at::Tensor& theta, const at::Te
   check_float(op, "lr", lr);
   check_same(op, "lr", lr, theta);
   check_shape(op, "lr", lr, {pr.P});
-  TORCH_CHECK(y.defined(), op, ": y is undefined");
-  TORCH_CHECK(y.device() == theta.device(), op, ": y must be on the device of theta (", theta.device(),
-              "), got ", y.device());
-  TORCH_CHECK(y.is_contiguous(), op, ": y must be contiguous (got strides ", y.strides(), ")");
-  if (loss == 0) {
-    TORCH_CHECK(y.scalar_type() == theta.scalar_type(), op, ": y must have the dtype of theta (",
-                theta.scalar_type(), ") for loss=0 (MSE), got ", y.scalar_type());
-    check_shape(op, "y", y, {pr.T, pr.N, pr.O});
-  } else {
-    TORCH_CHECK(y.scalar_type() == at::kLong, op,
-                ": y must be int64 class indices for loss=1 (cross-entropy), got ", y.scalar_type());
-    check_shape(op, "y", y, {pr.T, pr.N});
-    check_class_indices(op, y, pr.O);
-  }
+  check_targets(op, "y", y, theta, loss, pr.T, pr.N, pr.O);
+  return pr;
+}
+
+// maml_fwd: the support set as check_adapt, the query set (xq [T, Nq, D], yq) on top.
+// Returns the problem of the support set; *Nq receives the query size.
+inline Problem check_maml(const char* op, const at::Tensor& theta, const at::Tensor& lr, const at::Tensor& xs,
+                          const at::Tensor& ys, const at::Tensor& xq, const at::Tensor& yq, at::IntArrayRef dims,
+                          int64_t steps, int64_t loss, int64_t act, int64_t* Nq) {
+  Problem pr = check_adapt(op, theta, lr, xs, ys, dims, steps, loss, act);
+  check_float(op, "xq", xq);
+  check_same(op, "xq", xq, theta);
+  TORCH_CHECK(xq.dim() == 3 && xq.size(0) == pr.T && xq.size(2) == pr.D && xq.size(1) >= 1, op,
+              ": xq must be [T, Nq, D] with T = ", pr.T, ", Nq >= 1 and D = ", pr.D, ", got shape ", xq.sizes());
+  *Nq = xq.size(1);
+  check_targets(op, "yq", yq, theta, loss, pr.T, *Nq, pr.O);
   return pr;
 }
 

@@ -489,6 +489,35 @@ MK_HD void loss_grad(int loss, i64 N, i64 O, const T* MK_RESTRICT out, const T* 
   }
 }
 
+// The task-mean loss value (the forward of the meta-objective; loss_grad is its gradient).
+//   MSE   mean((out - y)^2) over N*O entries
+//   CE    mean_n(m_n + log sum_j exp(z_nj - m_n) - z_n[y_n]),  m_n = max_j z_nj
+// yi must be range-checked by the caller.
+MK_HD float mk_log(float v) { return logf(v); }
+MK_HD double mk_log(double v) { return log(v); }
+
+template <typename T>
+MK_HD T loss_value(int loss, i64 N, i64 O, const T* MK_RESTRICT out, const T* MK_RESTRICT yf,
+                   const int64_t* MK_RESTRICT yi) {
+  T acc = T(0);
+  if (loss == kMSE) {
+    for (i64 i = 0; i < N * O; ++i) {
+      const T d = out[i] - yf[i];
+      acc += d * d;
+    }
+    return acc / T(N * O);
+  }
+  for (i64 n = 0; n < N; ++n) {
+    const T* z = out + n * O;
+    T m = z[0];
+    for (i64 j = 1; j < O; ++j) m = z[j] > m ? z[j] : m;
+    T e = T(0);
+    for (i64 j = 0; j < O; ++j) e += mk_exp(z[j] - m);
+    acc += m + mk_log(e) - z[yi[n]];
+  }
+  return acc / T(N);
+}
+
 // R{delta_L} = H_out R{z_L}:  MSE 2/(N O) R;  CE per point (p * R - p (p . R)) / N.
 template <typename T>
 MK_HD void loss_hvp(int loss, i64 N, i64 O, const T* MK_RESTRICT rz, const T* MK_RESTRICT prob,
@@ -752,6 +781,53 @@ MK_HD void adapt_backward_task(const Mlp& net, i64 N, i64 K, const T* theta0, co
         need_x ? s.rd0 : static_cast<T*>(nullptr));
     sub_inplace(P, s.hu, v);
     if (need_x) sub_inplace(ND, s.rd0, g_x);
+  }
+}
+
+// maml_fwd for one task: the meta-objective l = L_query(theta_K) and, when need_grad,
+// its gradient, in one pass (no recomputation of the last inner step):
+//   walk   theta_{k+1} = theta_k - lr * g_k on the support set, k < K (theta_0 .. theta_K
+//          kept in s.thetas; s keeps the activations at theta_{K-1});
+//   query  forward at theta_K in q's buffers, l, and v_K = grad L_query(theta_K);
+//   back   the reverse loop of adapt_backward_task from v_K (at k = K-1 it reuses s).
+// First order: g_theta = v_K and g_lr = -(sum_k g_k) * v_K, summed during the walk.
+// s: Scratch::size(net, Ns, K + 1, !first_order); q: Scratch::size(net, Nq, 0, false).
+template <typename T>
+MK_HD void maml_task(const Mlp& net, i64 Ns, i64 Nq, i64 K, const T* theta0, const T* lr, const T* xs,
+                     Targets<T> ys, const T* xq, Targets<T> yq, int act, int loss, bool first_order,
+                     bool need_grad, T* loss_out, T* g_theta, T* g_lr, Scratch<T>& s, Scratch<T>& q) {
+  const i64 P = net.P;
+  const bool sum_g = need_grad && first_order;
+  if (sum_g) fill(P, T(0), g_lr);
+  copy(P, theta0, s.thetas);
+  for (i64 k = 0; k < K; ++k) {
+    const T* th = s.thetas + k * P;
+    grad_at(net, Ns, th, xs, ys, act, loss, s);
+    if (sum_g)
+      for (i64 i = 0; i < P; ++i) g_lr[i] += s.g[i];
+    sgd_step(P, th, lr, s.g, s.thetas + (k + 1) * P);
+  }
+  const T* thK = s.thetas + K * P;
+  forward(net, Nq, thK, xq, act, q.WT, q.A);
+  const i64 O = net.d[net.L];
+  const i64 hL = net.H - O;
+  *loss_out = loss_value(loss, Nq, O, q.A + Nq * hL, yq.yf, yq.yi);
+  if (!need_grad) return;
+  loss_grad(loss, Nq, O, q.A + Nq * hL, yq.yf, yq.yi, q.D + Nq * hL, q.prob);
+  T* v = g_theta;  // v_k lives in the output row
+  backward(net, Nq, thK, xq, act, q.A, q.E, q.D, v, static_cast<T*>(nullptr));
+  if (first_order) {
+    for (i64 i = 0; i < P; ++i) g_lr[i] = -g_lr[i] * v[i];
+    return;
+  }
+  fill(P, T(0), g_lr);
+  for (i64 k = K - 1; k >= 0; --k) {
+    const T* th = s.thetas + k * P;
+    if (k + 1 < K) grad_at(net, Ns, th, xs, ys, act, loss, s);
+    reverse_step_pre(P, lr, s.g, v, s.u, g_lr);
+    rop(net, Ns, th, s.u, xs, act, loss, s.WT, s.A, s.E, s.D, s.prob, s.uWT, s.RZ, s.RA, s.RD, s.hu,
+        static_cast<T*>(nullptr));
+    sub_inplace(P, s.hu, v);
   }
 }
 

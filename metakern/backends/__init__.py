@@ -54,6 +54,9 @@ class Backend:
     adapt_bwd: Callable
     mlp_fwd: Callable
     mlp_bwd: Callable
+    # The fused MAML objective (loss and gradient in one pass), where a backend has
+    # it; without it metakern composes adapt_fwd and mlp_fwd (metakern._ops).
+    maml_fwd: Optional[Callable] = None
 
 
 class TorchBackend(Backend):
@@ -64,6 +67,7 @@ class TorchBackend(Backend):
     adapt_bwd = staticmethod(torch_backend.adapt_bwd)
     mlp_fwd = staticmethod(torch_backend.mlp_fwd)
     mlp_bwd = staticmethod(torch_backend.mlp_bwd)
+    maml_fwd = staticmethod(torch_backend.maml_fwd)
 
 
 def _load_ext():
@@ -134,12 +138,19 @@ class _CompiledBackend(Backend):
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.metakern.mlp_bwd(grad_out, theta, x, list(dims), act, need_x)
 
+    @staticmethod
+    def compiled_maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad):
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.metakern.maml_fwd(theta, lr, xs, ys, xq, yq, list(dims), steps, loss, act, first_order,
+                                               need_grad)
+
 
 class CppBackend(_CompiledBackend):
     """C++ CPU kernels (``csrc/cpu``)."""
 
     name = "cpp"
     device_type = "cpu"
+    maml_fwd = staticmethod(_CompiledBackend.compiled_maml_fwd)  # CPU only so far
 
 
 class CudaBackend(_CompiledBackend):

@@ -292,6 +292,56 @@ def adapt_bwd(grad: Tensor, theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dim
     return v, g_lr, g_x
 
 
+def loss_value(out: Tensor, y: Tensor, loss: int) -> Tensor:
+    """Per-task mean loss ``[T]``: MSE over ``N*O`` entries, cross-entropy over ``N`` points."""
+    if loss == LOSS_MSE:
+        return (out - y).square().mean((1, 2))
+    T, N, O = out.shape
+    return torch.nn.functional.cross_entropy(out.reshape(T * N, O), y.reshape(-1), reduction="none").view(T, N).mean(1)
+
+
+@torch.no_grad()
+def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, dims, steps: int, loss: int,
+             act: int, first_order: bool, need_grad: bool):
+    """The MAML objective and its gradient in one pass (``metakern::maml_fwd``).
+
+    Walks ``theta_0 .. theta_K`` on the support set, evaluates the per-task query
+    loss ``l_t = L_q(theta_K)`` and, when ``need_grad``, runs the reverse pass of
+    :func:`adapt_bwd` from ``v_K = grad L_q(theta_K)``. Unlike ``adapt_fwd`` +
+    ``adapt_bwd`` the last inner step's activations are not recomputed: its cache is
+    still at hand. Returns ``(losses [T], g_theta [T, P], g_lr [T, P])`` (the two
+    gradients ``[0, P]`` without ``need_grad``).
+    """
+    T, P = xs.shape[0], theta.shape[-1]
+    traj, cache, g = [theta], None, None
+    g_sum = None
+    for k in range(steps):
+        g, cache = task_grad(traj[k], xs, ys, dims, loss, act)
+        if need_grad and first_order:
+            g_sum = g if g_sum is None else g_sum.add_(g)
+        traj.append(torch.addcmul(traj[k], g, lr, value=-1.0))
+    Ws, bs = unpack(traj[steps], dims, T)
+    acts, out = mlp_forward(Ws, bs, xq, act)
+    losses = loss_value(out, yq, loss)
+    if not need_grad:
+        empty = theta.new_empty((0, P))
+        return losses, empty, empty
+    d_out, _ = loss_grad(out, yq, loss)
+    dWs, dbs, _, _, _ = backprop(Ws, acts, d_out, act, need_x=False)
+    v = pack(dWs, dbs)  # per task: the deltas are
+    if first_order:
+        g_lr = -(g_sum * v) if g_sum is not None else torch.zeros_like(v)
+        return losses, v, g_lr
+    g_lr = torch.zeros_like(v)
+    for k in range(steps - 1, -1, -1):
+        if k < steps - 1:
+            g, cache = task_grad(traj[k], xs, ys, dims, loss, act)
+        g_lr.addcmul_(g, v, value=-1.0)
+        hu, _ = hvp(cache, v * lr, dims, loss, act, False)
+        v.sub_(hu)
+    return losses, v, g_lr
+
+
 def mlp_apply(theta: Tensor, x: Tensor, dims, act: int) -> Tensor:
     """Batched MLP forward ``[T, N, O]`` with packed parameters, differentiable by autograd.
 
