@@ -171,9 +171,10 @@ class _MamlFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend):
-        need = bool(ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        need_lr = bool(ctx.needs_input_grad[1])
+        need = bool(ctx.needs_input_grad[0]) or need_lr
         losses, g_theta, g_lr = _backends.get(backend).maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act,
-                                                                first_order, need)
+                                                                first_order, need, need_lr)
         ctx.save_for_backward(g_theta, g_lr)
         ctx.shared = theta.dim() == 1
         return losses

@@ -221,9 +221,20 @@ class MAML(nn.Module):
         dims, per_task = MF.check_params(params, x, where="model parameters")
         MF._check_y(y, x, MF.LOSSES[self.loss], dims[-1])
         theta = MF._pack_params(params, per_task, x.shape[0])
-        lr = list(self.lrs) if self._lr_mode == "per_param" else self.lr
-        lr_p = MF._pack_lr(lr, MF._shared_shapes(params, per_task), x)
-        return params, theta, dims, lr_p
+        return params, theta, dims, self._packed_lr(params, per_task, x)
+
+    def _packed_lr(self, params, per_task, x) -> Tensor:
+        """The inner rates, one per packed element. A fixed rate (a buffer) is packed
+        once and reused until it changes (its version counter moves)."""
+        shapes = MF._shared_shapes(params, per_task)
+        if self._lr_mode == "per_param" or self.lr.requires_grad:
+            return MF._pack_lr(list(self.lrs) if self._lr_mode == "per_param" else self.lr, shapes, x)
+        key = (self.lr.data_ptr(), self.lr._version, x.dtype, x.device, tuple(shapes))
+        cached = self.__dict__.get("_lr_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, MF._pack_lr(self.lr, shapes, x))
+            self.__dict__["_lr_cache"] = cached
+        return cached[1]
 
     def _adapt_fused(self, x, y, steps, first_order):
         _, theta, dims, lr_p = self._packed(x, y)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .learners import ANIL, MAML, MetaSGD, Reptile
@@ -38,14 +37,7 @@ def build_learner(algo: str, task, *, hidden=(40, 40), inner_lr: float = 0.01, s
 _ACT = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
 
-def query_loss(pred: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """Mean query loss over all tasks and points."""
-    if loss == "mse":
-        return F.mse_loss(pred, y)
-    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))
-
-
-def meta_step(learner: nn.Module, opt: torch.optim.Optimizer, batch, loss: str) -> float:
+def meta_step(learner: nn.Module, opt: torch.optim.Optimizer, batch) -> float:
     """One meta-iteration: adapt every task, query loss, meta-gradient, optimizer step."""
     xs, ys, xq, yq = batch
     opt.zero_grad(set_to_none=True)
@@ -54,7 +46,7 @@ def meta_step(learner: nn.Module, opt: torch.optim.Optimizer, batch, loss: str) 
         out.backward()
         opt.step()
         return float("nan")
-    out = query_loss(learner.adapt(xs, ys)(xq), yq, loss)
+    out = learner.meta_loss(xs, ys, xq, yq)  # the mean query loss of the adapted models
     out.backward()
     opt.step()
     return out.item()
@@ -74,7 +66,7 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
     running = None
     for it in range(iterations):
         batch = task.sample(meta_batch, generator, device=device, dtype=dtype)
-        val = meta_step(learner, opt, batch, task.loss)
+        val = meta_step(learner, opt, batch)
         if not math.isnan(val):
             running = val if running is None else 0.98 * running + 0.02 * val
         if (it + 1) % log_every == 0:

@@ -299,3 +299,18 @@ def test_raw_maml_op_checks_the_query():
     losses, g_theta, g_lr = op(theta, lr, xs, ys, xq, torch.zeros(2, 3, dtype=torch.long), [3, 5, 4], 1, 1, 1,
                                False, False)
     assert losses.shape == (2,) and g_theta.shape == (0, theta.numel()) and g_lr.shape == (0, theta.numel())
+
+
+def test_fixed_lr_change_is_seen():
+    """The packed copy of a fixed inner rate follows in-place changes of the buffer."""
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    maml = mk.MAML(mk.MLP(1, [8], 1).double(), lr=0.01)
+    xs, ys, xq, yq = (t.double() for t in mk.tasks.Sinusoid(shots=5, queries=5).sample(3, g))
+    first = maml.meta_loss(xs, ys, xq, yq)
+    with torch.no_grad():
+        maml.lr.fill_(0.3)
+    changed = maml.meta_loss(xs, ys, xq, yq)
+    ref = F.mse_loss(R.mlp(R.adapt(list(maml.module.parameters()), xs, ys, 0.3, 1), xq, "relu"), yq)
+    assert_close(changed, ref, 1e-9, "loss after the rate changed")
+    assert not torch.equal(first, changed)

@@ -56,6 +56,8 @@ class Backend:
     mlp_bwd: Callable
     # The fused MAML objective (loss and gradient in one pass), where a backend has
     # it; without it metakern composes adapt_fwd and mlp_fwd (metakern._ops).
+    # (theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad,
+    #  need_lr) -> (losses [T], g_theta [T, P], g_lr [T, P]); see torch_backend.maml_fwd.
     maml_fwd: Optional[Callable] = None
 
 
@@ -139,7 +141,8 @@ class _CompiledBackend(Backend):
             return torch.ops.metakern.mlp_bwd(grad_out, theta, x, list(dims), act, need_x)
 
     @staticmethod
-    def compiled_maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad):
+    def compiled_maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
+        # need_lr: g_lr is a by-product of the kernel's reverse loop, always computed
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.metakern.maml_fwd(theta, lr, xs, ys, xq, yq, list(dims), steps, loss, act, first_order,
                                                need_grad)

@@ -302,7 +302,7 @@ def loss_value(out: Tensor, y: Tensor, loss: int) -> Tensor:
 
 @torch.no_grad()
 def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, dims, steps: int, loss: int,
-             act: int, first_order: bool, need_grad: bool):
+             act: int, first_order: bool, need_grad: bool, need_lr: bool = True):
     """The MAML objective and its gradient in one pass (``metakern::maml_fwd``).
 
     Walks ``theta_0 .. theta_K`` on the support set, evaluates the per-task query
@@ -310,14 +310,15 @@ def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: 
     :func:`adapt_bwd` from ``v_K = grad L_q(theta_K)``. Unlike ``adapt_fwd`` +
     ``adapt_bwd`` the last inner step's activations are not recomputed: its cache is
     still at hand. Returns ``(losses [T], g_theta [T, P], g_lr [T, P])`` (the two
-    gradients ``[0, P]`` without ``need_grad``).
+    gradients ``[0, P]`` without ``need_grad``; ``g_lr`` is ``[0, P]`` too when
+    ``need_lr`` is false).
     """
     T, P = xs.shape[0], theta.shape[-1]
     traj, cache, g = [theta], None, None
-    g_sum = None
+    g_sum, need_lr = None, need_lr and need_grad
     for k in range(steps):
         g, cache = task_grad(traj[k], xs, ys, dims, loss, act)
-        if need_grad and first_order:
+        if need_lr and first_order:
             g_sum = g if g_sum is None else g_sum.add_(g)
         traj.append(torch.addcmul(traj[k], g, lr, value=-1.0))
     Ws, bs = unpack(traj[steps], dims, T)
@@ -330,13 +331,15 @@ def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: 
     dWs, dbs, _, _, _ = backprop(Ws, acts, d_out, act, need_x=False)
     v = pack(dWs, dbs)  # per task: the deltas are
     if first_order:
-        g_lr = -(g_sum * v) if g_sum is not None else torch.zeros_like(v)
-        return losses, v, g_lr
-    g_lr = torch.zeros_like(v)
+        if not need_lr:
+            return losses, v, theta.new_empty((0, P))
+        return losses, v, (-(g_sum * v) if g_sum is not None else torch.zeros_like(v))
+    g_lr = torch.zeros_like(v) if need_lr else theta.new_empty((0, P))
     for k in range(steps - 1, -1, -1):
         if k < steps - 1:
             g, cache = task_grad(traj[k], xs, ys, dims, loss, act)
-        g_lr.addcmul_(g, v, value=-1.0)
+        if need_lr:
+            g_lr.addcmul_(g, v, value=-1.0)
         hu, _ = hvp(cache, v * lr, dims, loss, act, False)
         v.sub_(hu)
     return losses, v, g_lr
