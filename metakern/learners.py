@@ -143,6 +143,10 @@ class MAML(nn.Module):
         self.fused = spec is not None
         if self.fused:
             self.dims, self.activation = spec
+            # the Linear layers in parameters() order; their weight/bias are read at each
+            # call (a plain list, not submodules: module.parameters() walks the module tree)
+            self.__dict__["_linears"] = [model] if isinstance(model, nn.Linear) else [
+                m for m in model if isinstance(m, nn.Linear)]
         ref = next(iter(model.parameters()), None)
         if ref is None:
             raise ValueError("model has no parameters to meta-learn")
@@ -216,7 +220,7 @@ class MAML(nn.Module):
 
     def _packed(self, x, y):
         """Validate a support batch for the fused path; ``(params, theta, dims, lr_packed)``."""
-        params = list(self.module.parameters())
+        params = [p for m in self._linears for p in (m.weight, m.bias)]
         MF._check_x(x)
         dims, per_task = MF.check_params(params, x, where="model parameters")
         MF._check_y(y, x, MF.LOSSES[self.loss], dims[-1])
