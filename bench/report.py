@@ -3,7 +3,9 @@
     python bench/report.py bench/results/bench.csv [--run latest|RUN_ID] [--quantity step]
 
 One table per run: time per meta-iteration (median, p20-p80), achieved GFLOP/s and
-share of the peak measured in the same run, and the speedup over torch.func vmap
+share of the peak measured in the same run, peak memory of one call (CUDA: the
+caching allocator's peak; CPU: PyTorch's CPU allocator, see metakern.benchmark),
+and the speedup over torch.func vmap
 on the same workload in the same run. Device, date, threads and versions head the
 table, so every figure carries where and when it was measured.
 """
@@ -26,14 +28,15 @@ def table(rows, quantity):
             f"metakern {r0['metakern']} ({r0['git_rev']}); peak measured in the same run: "
             f"{float(r0['peak_gflops']):.1f} GFLOP/s fp32")
     out = [f"*{head}*", "",
-           "| workload | T | K | order | provider | ms / iteration (p20-p80) | GFLOP/s | % of peak | x vmap |",
-           "|---|---:|---:|---|---|---:|---:|---:|---:|"]
+           "| workload | T | K | order | provider | ms / iteration (p20-p80) | GFLOP/s | % of peak | peak MB | x vmap |",
+           "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        sp = r["speedup_vs_vmap"]
+        sp, mem = r["speedup_vs_vmap"], r.get("peak_mem_mb", "")
+        mem_s = f"{float(mem):.3g}" if mem else ""
+        sp_s = f"{float(sp):.2f}" if sp else ""
         out.append(f"| {r['workload']} {r['dims']} | {r['T']} | {r['K']} | {r['order']} | {r['provider']} | "
                    f"{float(r['median_ms']):.3g} ({float(r['p20_ms']):.3g}-{float(r['p80_ms']):.3g}) | "
-                   f"{float(r['gflops']):.3g} | {100 * float(r['peak_fraction']):.1f} | "
-                   f"{float(sp):.2f} |" if sp else "")
+                   f"{float(r['gflops']):.3g} | {100 * float(r['peak_fraction']):.1f} | {mem_s} | {sp_s} |")
     return "\n".join(out)
 
 

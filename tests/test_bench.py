@@ -82,7 +82,8 @@ def test_smoke_appends(smoke, tmp_path):
     new = rows[n:]
     assert header == bm.COLUMNS
     assert {(r["workload"], r["provider"], r["quantity"]) for r in new} == {("linear", "vmap", "op"),
-                                                                            ("linear", "mk-torch", "op")}
+                                                                            ("linear", "mk-torch", "op"),
+                                                                            ("linear", "mk-torch-2op", "op")}
 
 
 def test_flops_by_hand():

@@ -123,6 +123,15 @@ def test_adapt_odd_sizes(request, backend, T, N):
              primary_dtype(backend), seeded(request), T=T, N=N)
 
 
+@pytest.mark.parametrize("backend", [b for b in backends_under_test() if b in ("torch", "cpp")])
+def test_adapt_many_points(request, backend):
+    """2000 points, K = 3, float64, input gradients: past the cpp kernels' 4 MiB
+    per-thread budget for keeping each step's activations, so its second-order
+    reverse loop recomputes them (the small problems above keep them)."""
+    run_case(backend, (3, 17, 13), "tanh", "mse", False, 3, "scalar", False, torch.float64, seeded(request), T=2,
+             N=2000)
+
+
 @pytest.mark.parametrize("backend", backends_under_test())
 @pytest.mark.parametrize("dims,act", [((4, 6, 3), "relu"), ((2, 5, 5, 2), "tanh"), ((5, 3), "identity")])
 def test_forward(request, backend, dims, act):

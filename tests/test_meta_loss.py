@@ -134,6 +134,15 @@ def test_meta_loss_odd_sizes(request, backend, T, Ns, Nq):
              primary_dtype(backend), seeded(request), T=T, Ns=Ns, Nq=Nq)
 
 
+@pytest.mark.parametrize("backend", [b for b in backends_under_test() if b in ("torch", "cpp")])
+def test_meta_loss_many_points(request, backend):
+    """2000 support points, K = 3, float64: the cpp kernel's per-thread budget for
+    keeping every step's activations (4 MiB) is exceeded, so it recomputes them in the
+    reverse loop instead (the grid above, with small tasks, keeps them)."""
+    run_case(backend, (3, 17, 13), "tanh", "mse", False, 3, "scalar", False, torch.float64, seeded(request), T=2,
+             Ns=2000, Nq=5)
+
+
 @pytest.mark.parametrize("backend", backends_under_test())
 def test_meta_loss_matches_two_op_path(request, backend):
     """meta_loss == loss(forward(adapt(...))) with the same backend, values and gradients, and the reductions."""

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <memory>
 #include <tuple>
+#include <vector>
 
 #include "metakern/checks.h"
 #include "metakern/task_math.h"
@@ -41,6 +42,30 @@ std::unique_ptr<T, FreeDeleter> alloc_scratch(int64_t n) {
   std::memset(p, 0, bytes > 0 ? bytes : 64);
   return std::unique_ptr<T, FreeDeleter>(static_cast<T*>(p));
 }
+
+// Per worker thread, the most scratch the second-order reverse loops (adapt_bwd,
+// maml_fwd) spend on keeping grad_at's state of every inner step instead of
+// recomputing it: K * Scratch::size(net, N, 1, false) elements. Above it they
+// recompute. 4 MiB covers the sine MLP (16 KiB a step) far beyond K = 100, and
+// wide models with many points at small K.
+constexpr int64_t kKeptStepBytes = int64_t(4) << 20;
+
+// The K per-step blocks of one worker, when they fit kKeptStepBytes (else none).
+template <typename T>
+struct KeptSteps {
+  const task::Mlp& net;
+  int64_t N, K, block;
+  KeptSteps(const task::Mlp& net_, int64_t N_, int64_t K_)
+      : net(net_), N(N_), K(0), block(task::Scratch<T>::size(net_, N_, 1, false)) {
+    if (K_ > 1 && K_ * block * int64_t(sizeof(T)) <= kKeptStepBytes) K = K_;
+  }
+  int64_t elements() const { return K * block; }
+  std::vector<task::Scratch<T>> carve(T* base) const {
+    std::vector<task::Scratch<T>> out;
+    for (int64_t k = 0; k < K; ++k) out.push_back(task::Scratch<T>::carve(base + k * block, net, N, 1, false));
+    return out;
+  }
+};
 
 // Tasks per parallel chunk: one is enough (a task is thousands of FLOPs at least);
 // at::parallel_for hands each thread one contiguous range.
@@ -111,14 +136,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapt_bwd_cpu(const at::Tensor& g
     const int64_t th_stride = pr.shared_theta ? 0 : P;
     const bool rop = !first_order && steps > 0;
     const int64_t ws = tm::Scratch<scalar_t>::size(net, N, steps, rop);
+    const KeptSteps<scalar_t> keep(net, N, rop ? steps : 0);
     at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
-      auto buf = alloc_scratch<scalar_t>(ws);
+      auto buf = alloc_scratch<scalar_t>(ws + keep.elements());
       auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, N, steps, rop);
+      auto kept = keep.carve(buf.get() + ws);
       for (int64_t t = begin; t < end; ++t) {
         tm::Targets<scalar_t> tg{yf ? yf + t * NO : nullptr, yi ? yi + t * N : nullptr};
         tm::adapt_backward_task<scalar_t>(net, N, steps, th + t * th_stride, lrp, xp + t * ND, tg, gp + t * P,
                                           static_cast<int>(act), static_cast<int>(loss), first_order, need_x,
-                                          gtp + t * P, glp + t * P, gxp + t * ND, s);
+                                          gtp + t * P, glp + t * P, gxp + t * ND, s, kept.empty() ? nullptr : kept.data());
       }
     });
   });
@@ -212,16 +239,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_cpu(const at::Tensor& th
     const bool rop = need_grad && !first_order && steps > 0;
     const int64_t ws_s = tm::Scratch<scalar_t>::size(net, Ns, steps + 1, rop);
     const int64_t ws_q = tm::Scratch<scalar_t>::size(net, Nq, 0, false);
+    const KeptSteps<scalar_t> keep(net, Ns, rop ? steps : 0);
     at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
-      auto buf = alloc_scratch<scalar_t>(ws_s + ws_q);
+      auto buf = alloc_scratch<scalar_t>(ws_s + ws_q + keep.elements());
       auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, Ns, steps + 1, rop);
       auto q = tm::Scratch<scalar_t>::carve(buf.get() + ws_s, net, Nq, 0, false);
+      auto kept = keep.carve(buf.get() + ws_s + ws_q);
       for (int64_t t = begin; t < end; ++t) {
         tm::Targets<scalar_t> ts{ysf ? ysf + t * Ns * O : nullptr, ysi ? ysi + t * Ns : nullptr};
         tm::Targets<scalar_t> tq{yqf ? yqf + t * Nq * O : nullptr, yqi ? yqi + t * Nq : nullptr};
         tm::maml_task<scalar_t>(net, Ns, Nq, steps, th + t * th_stride, lrp, xsp + t * Ns * D, ts,
                                 xqp + t * Nq * D, tq, static_cast<int>(act), static_cast<int>(loss), first_order,
-                                need_grad, lp + t, gtp ? gtp + t * P : nullptr, glp ? glp + t * P : nullptr, s, q);
+                                need_grad, lp + t, gtp ? gtp + t * P : nullptr, glp ? glp + t * P : nullptr, s, q,
+                                kept.empty() ? nullptr : kept.data());
       }
     });
   });

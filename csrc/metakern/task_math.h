@@ -742,10 +742,13 @@ MK_HD void adapt_forward_task(const Mlp& net, i64 N, i64 K, const T* theta0, con
 //   then for k = K-1 .. 0:  u = lr * v_{k+1};  g_lr -= g_k * v_{k+1};
 //   second order: v_k = v_{k+1} - H_k u,  g_x -= R{delta_0};  first order: v_k = v_{k+1}.
 // Outputs g_theta = v_0 [P], g_lr [P], g_x [N, D] (zeros unless second order and need_x).
+// kept (second order; K blocks of Scratch::size(net, N, 1, false), or nullptr): the
+// recomputing walk leaves grad_at's state of step k in kept[k], so the reverse loop
+// recomputes only step K-1 instead of all K (see maml_task).
 template <typename T>
 MK_HD void adapt_backward_task(const Mlp& net, i64 N, i64 K, const T* theta0, const T* lr, const T* x,
                                Targets<T> y, const T* vK, int act, int loss, bool first_order, bool need_x,
-                               T* g_theta, T* g_lr, T* g_x, Scratch<T>& s) {
+                               T* g_theta, T* g_lr, T* g_x, Scratch<T>& s, Scratch<T>* kept) {
   const i64 P = net.P, ND = N * net.d[0];
   T* v = g_theta;  // v_k lives in the output row
   copy(P, vK, v);
@@ -769,15 +772,17 @@ MK_HD void adapt_backward_task(const Mlp& net, i64 N, i64 K, const T* theta0, co
   copy(P, theta0, s.thetas);
   for (i64 k = 0; k + 1 < K; ++k) {
     const T* th = s.thetas + k * P;
-    grad_at(net, N, th, x, y, act, loss, s);
-    sgd_step(P, th, lr, s.g, s.thetas + (k + 1) * P);
+    Scratch<T>& w = kept != nullptr ? kept[k] : s;
+    grad_at(net, N, th, x, y, act, loss, w);
+    sgd_step(P, th, lr, w.g, s.thetas + (k + 1) * P);
   }
   // reverse loop
   for (i64 k = K - 1; k >= 0; --k) {
     const T* th = s.thetas + k * P;
-    grad_at(net, N, th, x, y, act, loss, s);
-    reverse_step_pre(P, lr, s.g, v, s.u, g_lr);
-    rop(net, N, th, s.u, x, act, loss, s.WT, s.A, s.E, s.D, s.prob, s.uWT, s.RZ, s.RA, s.RD, s.hu,
+    Scratch<T>& w = kept != nullptr ? kept[k] : s;
+    if (kept == nullptr || k + 1 == K) grad_at(net, N, th, x, y, act, loss, w);
+    reverse_step_pre(P, lr, w.g, v, s.u, g_lr);
+    rop(net, N, th, s.u, x, act, loss, w.WT, w.A, w.E, w.D, w.prob, s.uWT, s.RZ, s.RA, s.RD, s.hu,
         need_x ? s.rd0 : static_cast<T*>(nullptr));
     sub_inplace(P, s.hu, v);
     if (need_x) sub_inplace(ND, s.rd0, g_x);
@@ -785,27 +790,35 @@ MK_HD void adapt_backward_task(const Mlp& net, i64 N, i64 K, const T* theta0, co
 }
 
 // maml_fwd for one task: the meta-objective l = L_query(theta_K) and, when need_grad,
-// its gradient, in one pass (no recomputation of the last inner step):
+// its gradient, in one pass:
 //   walk   theta_{k+1} = theta_k - lr * g_k on the support set, k < K (theta_0 .. theta_K
-//          kept in s.thetas; s keeps the activations at theta_{K-1});
+//          kept in s.thetas);
 //   query  forward at theta_K in q's buffers, l, and v_K = grad L_query(theta_K);
-//   back   the reverse loop of adapt_backward_task from v_K (at k = K-1 it reuses s).
+//   back   the reverse loop of adapt_backward_task from v_K.
+// The reverse loop needs grad_at's state (W^T, activations, e, deltas, softmax, g)
+// at every theta_k. With `kept` (K blocks of Scratch::size(net, Ns, 1, false), one
+// per step) the walk leaves each step's state in its own block and nothing is
+// recomputed; without it the walk's state lives in s, survives only for k = K-1,
+// and steps 0 .. K-2 are recomputed. The caller keeps them when K blocks fit a
+// per-thread budget (the blocks are per worker thread, not per task).
 // First order: g_theta = v_K and g_lr = -(sum_k g_k) * v_K, summed during the walk.
 // s: Scratch::size(net, Ns, K + 1, !first_order); q: Scratch::size(net, Nq, 0, false).
 template <typename T>
 MK_HD void maml_task(const Mlp& net, i64 Ns, i64 Nq, i64 K, const T* theta0, const T* lr, const T* xs,
                      Targets<T> ys, const T* xq, Targets<T> yq, int act, int loss, bool first_order,
-                     bool need_grad, T* loss_out, T* g_theta, T* g_lr, Scratch<T>& s, Scratch<T>& q) {
+                     bool need_grad, T* loss_out, T* g_theta, T* g_lr, Scratch<T>& s, Scratch<T>& q,
+                     Scratch<T>* kept) {
   const i64 P = net.P;
   const bool sum_g = need_grad && first_order;
   if (sum_g) fill(P, T(0), g_lr);
   copy(P, theta0, s.thetas);
   for (i64 k = 0; k < K; ++k) {
     const T* th = s.thetas + k * P;
-    grad_at(net, Ns, th, xs, ys, act, loss, s);
+    Scratch<T>& w = kept != nullptr ? kept[k] : s;
+    grad_at(net, Ns, th, xs, ys, act, loss, w);
     if (sum_g)
-      for (i64 i = 0; i < P; ++i) g_lr[i] += s.g[i];
-    sgd_step(P, th, lr, s.g, s.thetas + (k + 1) * P);
+      for (i64 i = 0; i < P; ++i) g_lr[i] += w.g[i];
+    sgd_step(P, th, lr, w.g, s.thetas + (k + 1) * P);
   }
   const T* thK = s.thetas + K * P;
   forward(net, Nq, thK, xq, act, q.WT, q.A);
@@ -823,9 +836,10 @@ MK_HD void maml_task(const Mlp& net, i64 Ns, i64 Nq, i64 K, const T* theta0, con
   fill(P, T(0), g_lr);
   for (i64 k = K - 1; k >= 0; --k) {
     const T* th = s.thetas + k * P;
-    if (k + 1 < K) grad_at(net, Ns, th, xs, ys, act, loss, s);
-    reverse_step_pre(P, lr, s.g, v, s.u, g_lr);
-    rop(net, Ns, th, s.u, xs, act, loss, s.WT, s.A, s.E, s.D, s.prob, s.uWT, s.RZ, s.RA, s.RD, s.hu,
+    Scratch<T>& w = kept != nullptr ? kept[k] : s;
+    if (kept == nullptr && k + 1 < K) grad_at(net, Ns, th, xs, ys, act, loss, s);
+    reverse_step_pre(P, lr, w.g, v, s.u, g_lr);
+    rop(net, Ns, th, s.u, xs, act, loss, w.WT, w.A, w.E, w.D, w.prob, s.uWT, s.RZ, s.RA, s.RD, s.hu,
         static_cast<T*>(nullptr));
     sub_inplace(P, s.hu, v);
   }
