@@ -160,40 +160,70 @@ class _MlpFn(torch.autograd.Function):
         return _mlp_grad(ctx, grad_out, _mlp_bwd_direct)
 
 
-class _MamlFn(torch.autograd.Function):
-    """Per-task MAML objectives ``[T]`` from a backend's fused ``maml_fwd``.
+def pack_params(params, per_task, T: int) -> Tensor:
+    """``[P]`` when every parameter is shared, else ``[T, P]`` (shared ones broadcast)."""
+    if not any(per_task):
+        return torch.cat([p.reshape(-1) for p in params])
+    return torch.cat([p.reshape(T, -1) if pt else p.reshape(1, -1).expand(T, -1)
+                      for p, pt in zip(params, per_task)], dim=1)
 
-    The forward computes the losses and, when ``theta`` or ``lr`` need a gradient,
-    the per-task gradients ``dl_t/dtheta`` and ``dl_t/dlr`` in the same pass (the
-    backend's kernel walks the inner loop once); the backward only weights them by
-    the incoming ``dL/dl_t`` and sums over tasks where the input was shared.
+
+def reduce_losses(losses: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return losses.mean()
+    return losses.sum() if reduction == "sum" else losses
+
+
+class _MamlFn(torch.autograd.Function):
+    """The MAML objective from a backend's fused ``maml_fwd``, reduced over tasks.
+
+    Inputs: the packed inner rates ``lr``, the data, and the model's parameters
+    themselves (packed here, so autograd sees one node, not a ``cat`` and a view per
+    parameter). The forward computes the per-task losses and, when a parameter or
+    ``lr`` needs a gradient, the per-task gradients ``dl_t/dtheta`` and ``dl_t/dlr``
+    in the same pass (the kernel walks the inner loop once); the backward weights
+    them by ``dL/dl_t`` and sums over tasks for shared tensors.
     """
 
     @staticmethod
-    def forward(ctx, theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend):
+    def forward(ctx, spec, lr, xs, ys, xq, yq, *params):
+        dims, per_task, steps, loss, act, first_order, backend, reduction = spec
+        T = xs.shape[0]
         need_lr = bool(ctx.needs_input_grad[1])
-        need = bool(ctx.needs_input_grad[0]) or need_lr
+        need = need_lr or any(ctx.needs_input_grad[6:])
+        theta = pack_params(params, per_task, T)
         losses, g_theta, g_lr = _backends.get(backend).maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act,
                                                                 first_order, need, need_lr)
         ctx.save_for_backward(g_theta, g_lr)
-        ctx.shared = theta.dim() == 1
-        return losses
+        ctx.spec, ctx.shapes = spec, [p.shape for p in params]
+        return reduce_losses(losses, reduction)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
         g_theta, g_lr = ctx.saved_tensors
-        gt = gl = None
-        if ctx.needs_input_grad[0]:
-            gt = g_out @ g_theta if ctx.shared else g_theta * g_out.unsqueeze(1)
-        if ctx.needs_input_grad[1]:
-            gl = g_out @ g_lr
-        return (gt, gl) + (None,) * 10
+        dims, per_task, _, _, _, _, _, reduction = ctx.spec
+        T = g_theta.shape[0]
+        w = g_out if reduction == "none" else (g_out / T if reduction == "mean" else g_out).expand(T)
+        g_lr_in = w @ g_lr if ctx.needs_input_grad[1] else None
+        needs = ctx.needs_input_grad[6:]
+        if not any(needs):
+            return (None, g_lr_in) + (None,) * (4 + len(needs))
+        sizes = torch_backend._split_sizes(tuple(dims))
+        if not any(per_task):  # shared theta: one weighted sum over tasks, then views
+            parts = (w @ g_theta).split(sizes)
+            grads = [g.view(shape) for g, shape in zip(parts, ctx.shapes)]
+        else:
+            parts = (g_theta * w.unsqueeze(1)).split(sizes, dim=1)
+            grads = [g.reshape(shape) if pt else g.sum(0).view(shape)
+                     for g, pt, shape in zip(parts, per_task, ctx.shapes)]
+        return (None, g_lr_in) + (None,) * 4 + tuple(g if n else None for g, n in zip(grads, needs))
 
 
-def maml_op(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend):
-    """Per-task query losses ``[T]`` after ``steps`` inner steps, differentiable w.r.t.
-    ``theta``, ``lr`` and (composed path) ``xs`` / ``xq``.
+def maml_op(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend, reduction):
+    """The MAML objective (per-task query losses after ``steps`` inner steps, reduced
+    over tasks by ``reduction``), differentiable w.r.t. ``params``, ``lr`` and
+    (composed path) ``xs`` / ``xq``.
 
     Takes the backend's fused ``maml_fwd`` in eager mode when it has one and no input
     batch needs a gradient; otherwise composes :func:`adapt_op` and :func:`mlp_op`
@@ -201,9 +231,12 @@ def maml_op(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, back
     """
     fused = _backends.get(backend).maml_fwd is not None and not _compiling()
     if fused and not (torch.is_grad_enabled() and (xs.requires_grad or xq.requires_grad)):
-        return _MamlFn.apply(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend)
-    thetaK = adapt_op(theta, lr, xs, ys, dims, steps, loss, act, first_order, backend)
-    return torch_backend.loss_value(mlp_op(thetaK, xq, dims, act, backend), yq, loss)
+        spec = (tuple(dims), tuple(per_task), steps, loss, act, first_order, backend, reduction)
+        return _MamlFn.apply(spec, lr, xs, ys, xq, yq, *params)
+    theta = pack_params(params, per_task, xs.shape[0])
+    thetaK = adapt_op(theta, lr, xs, ys, list(dims), steps, loss, act, first_order, backend)
+    losses = torch_backend.loss_value(mlp_op(thetaK, xq, list(dims), act, backend), yq, loss)
+    return reduce_losses(losses, reduction)
 
 
 def _compiling() -> bool:

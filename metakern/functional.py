@@ -142,18 +142,10 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def _reduce(losses: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return losses.mean()
-    return losses.sum() if reduction == "sum" else losses
+_reduce = _ops.reduce_losses
 
 
-def _pack_params(params: Sequence[Tensor], per_task: Sequence[bool], T: int) -> Tensor:
-    """``[P]`` when every parameter is shared, else ``[T, P]`` (shared ones broadcast)."""
-    if not any(per_task):
-        return torch.cat([p.reshape(-1) for p in params])
-    return torch.cat([p.reshape(T, -1) if pt else p.reshape(1, -1).expand(T, -1)
-                      for p, pt in zip(params, per_task)], dim=1)
+_pack_params = _ops.pack_params
 
 
 def _shared_shapes(params, per_task):
@@ -271,13 +263,14 @@ def adapt(params: Sequence[Tensor], x: Tensor, y: Tensor, *, lr: LrLike, steps: 
     return unpack_params(thetaK, dims)
 
 
-def maml_loss_packed(theta: Tensor, dims, lr_packed: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, *,
-                     steps: int, loss: int, act: int, first_order: bool, backend: str) -> Tensor:
-    """Per-task query losses ``[T]`` on already validated, packed inputs."""
+def maml_loss_validated(params: Sequence[Tensor], per_task, dims, lr_packed: Tensor, xs: Tensor, ys: Tensor,
+                        xq: Tensor, yq: Tensor, *, steps: int, loss: int, act: int, first_order: bool, backend: str,
+                        reduction: str) -> Tensor:
+    """The MAML objective on already validated inputs (``lr`` packed, ``params`` not)."""
     call = _backends.Call(xs.device, xs.dtype, tuple(dims), xs.shape[0], max(xs.shape[1], xq.shape[1]), steps)
     b = _backends.select(backend, call)
-    return _ops.maml_op(theta, lr_packed, xs.contiguous(), ys.contiguous(), xq.contiguous(), yq.contiguous(),
-                        list(dims), steps, loss, act, bool(first_order), b.name)
+    return _ops.maml_op(params, per_task, lr_packed, xs.contiguous(), ys.contiguous(), xq.contiguous(),
+                        yq.contiguous(), dims, steps, loss, act, bool(first_order), b.name, reduction)
 
 
 def meta_loss(params: Sequence[Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, *, lr: LrLike,
@@ -313,11 +306,9 @@ def meta_loss(params: Sequence[Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: 
     _check_reduction(reduction)
     _check_y(ys, xs, loss_c, dims[-1], "ys", "xs")
     _check_y(yq, xq, loss_c, dims[-1], "yq", "xq")
-    theta = _pack_params(params, per_task, xs.shape[0])
     lr_p = _pack_lr(lr, _shared_shapes(params, per_task), xs)
-    losses = maml_loss_packed(theta, dims, lr_p, xs, ys, xq, yq, steps=steps, loss=loss_c, act=act_c,
-                              first_order=first_order, backend=backend)
-    return _reduce(losses, reduction)
+    return maml_loss_validated(list(params), per_task, dims, lr_p, xs, ys, xq, yq, steps=steps, loss=loss_c,
+                               act=act_c, first_order=first_order, backend=backend, reduction=reduction)
 
 
 def forward_packed(theta: Tensor, x: Tensor, dims, act: int, backend: str = "auto") -> Tensor:

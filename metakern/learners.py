@@ -202,13 +202,12 @@ class MAML(nn.Module):
         _check_batch(xq, yq, "xq", "yq")
         if not self.fused:
             return MF._reduce(self._query_losses(self._adapt_generic(xs, ys, steps, first_order)(xq), yq), reduction)
-        params, theta, dims, lr_p = self._packed(xs, ys)
+        params, per_task, dims = self._checked(xs, ys)
         MF._check_query(xq, xs)
         MF._check_y(yq, xq, MF.LOSSES[self.loss], dims[-1], "yq", "xq")
-        losses = MF.maml_loss_packed(theta, dims, lr_p, xs, ys, xq, yq, steps=steps, loss=MF.LOSSES[self.loss],
-                                     act=MF.ACTIVATIONS[self.activation], first_order=first_order,
-                                     backend=self.backend)
-        return MF._reduce(losses, reduction)
+        return MF.maml_loss_validated(params, per_task, dims, self._packed_lr(params, per_task, xs), xs, ys, xq, yq,
+                                      steps=steps, loss=MF.LOSSES[self.loss], act=MF.ACTIVATIONS[self.activation],
+                                      first_order=first_order, backend=self.backend, reduction=reduction)
 
     def _query_losses(self, pred: Tensor, yq: Tensor) -> Tensor:
         """Per-task mean losses ``[T]`` of predictions ``[T, N, O]`` (generic path)."""
@@ -218,14 +217,13 @@ class MAML(nn.Module):
             raise ValueError(f"meta_loss needs model outputs [T, N, O], got {tuple(pred.shape)}")
         return loss_value(pred, yq, MF.LOSSES[self.loss])
 
-    def _packed(self, x, y):
-        """Validate a support batch for the fused path; ``(params, theta, dims, lr_packed)``."""
+    def _checked(self, x, y):
+        """Validate a support batch for the fused path; ``(params, per_task, dims)``."""
         params = [p for m in self._linears for p in (m.weight, m.bias)]
         MF._check_x(x)
         dims, per_task = MF.check_params(params, x, where="model parameters")
         MF._check_y(y, x, MF.LOSSES[self.loss], dims[-1])
-        theta = MF._pack_params(params, per_task, x.shape[0])
-        return params, theta, dims, self._packed_lr(params, per_task, x)
+        return params, per_task, dims
 
     def _packed_lr(self, params, per_task, x) -> Tensor:
         """The inner rates, one per packed element. A fixed rate (a buffer) is packed
@@ -241,7 +239,8 @@ class MAML(nn.Module):
         return cached[1]
 
     def _adapt_fused(self, x, y, steps, first_order):
-        _, theta, dims, lr_p = self._packed(x, y)
+        params, per_task, dims = self._checked(x, y)
+        theta, lr_p = MF._pack_params(params, per_task, x.shape[0]), self._packed_lr(params, per_task, x)
         thetaK, _ = MF.adapt_packed(theta, dims, lr_p, x, y, steps=steps, loss=MF.LOSSES[self.loss],
                                     act=MF.ACTIVATIONS[self.activation], first_order=first_order,
                                     backend=self.backend)
