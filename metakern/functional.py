@@ -203,6 +203,18 @@ def _check_int(name, v, low):
     return int(v)
 
 
+def _check_options(loss, activation, steps, first_order, backend) -> Tuple[int, int, int]:
+    """The keyword options of :func:`adapt` / :func:`meta_loss`: ``(loss code, activation code, steps)``."""
+    loss_c = _choice("loss", loss, LOSSES)
+    act_c = _choice("activation", activation, ACTIVATIONS)
+    steps = _check_int("steps", steps, 0)
+    if not isinstance(first_order, bool):
+        raise TypeError(f"first_order must be a bool, got {type(first_order).__name__}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    return loss_c, act_c, steps
+
+
 def adapt_packed(theta: Tensor, dims, lr_packed: Tensor, x: Tensor, y: Tensor, *, steps: int,
                  loss: int, act: int, first_order: bool, backend: str) -> Tuple[Tensor, str]:
     """Run the fused op on already validated, packed inputs. Returns ``(theta_K [T, P], backend name)``."""
@@ -248,13 +260,7 @@ def adapt(params: Sequence[Tensor], x: Tensor, y: Tensor, *, lr: LrLike, steps: 
     """
     _check_x(x)
     dims, per_task = check_params(params, x)
-    loss_c = _choice("loss", loss, LOSSES)
-    act_c = _choice("activation", activation, ACTIVATIONS)
-    steps = _check_int("steps", steps, 0)
-    if not isinstance(first_order, bool):
-        raise TypeError(f"first_order must be a bool, got {type(first_order).__name__}")
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    loss_c, act_c, steps = _check_options(loss, activation, steps, first_order, backend)
     _check_y(y, x, loss_c, dims[-1])
     theta = _pack_params(params, per_task, x.shape[0])
     lr_p = _pack_lr(lr, _shared_shapes(params, per_task), x)
@@ -296,13 +302,7 @@ def meta_loss(params: Sequence[Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: 
     _check_x(xs, "xs")
     _check_query(xq, xs)
     dims, per_task = check_params(params, xs)
-    loss_c = _choice("loss", loss, LOSSES)
-    act_c = _choice("activation", activation, ACTIVATIONS)
-    steps = _check_int("steps", steps, 0)
-    if not isinstance(first_order, bool):
-        raise TypeError(f"first_order must be a bool, got {type(first_order).__name__}")
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    loss_c, act_c, steps = _check_options(loss, activation, steps, first_order, backend)
     _check_reduction(reduction)
     _check_y(ys, xs, loss_c, dims[-1], "ys", "xs")
     _check_y(yq, xq, loss_c, dims[-1], "yq", "xq")

@@ -83,3 +83,31 @@ def assert_close(actual, expected, rtol, name=""):
 # fp32 kernels against fp64 autograd: a few ulps (1.2e-7) per op, grown by the depth
 # of the unrolled computation (K steps of forward, backward and HVP); 2e-4 is the target.
 RTOL = {torch.float64: 1e-9, torch.float32: 2e-4}
+
+
+# The parameter space of the conformance suites (tests/test_conformance.py, tests/test_meta_loss.py).
+DIMS = [(10, 1), (1, 40, 40, 1), (3, 17, 5), (5, 3, 17, 4, 2)]
+ACTS = ["relu", "tanh", "sigmoid", "identity"]
+LOSSES = ["mse", "cross_entropy"]
+LR_KINDS = ["float", "scalar", "per_param"]
+
+# The interpreter runs Triton programs one at a time through numpy: the slower extra
+# tests take a covering subset for it (every value of every axis appears).
+SLOW = {"triton"} if not torch.cuda.is_available() else set()
+
+
+def leaf(t, dtype, device):
+    """A detached copy on ``device`` in ``dtype`` that requires grad."""
+    return t.detach().to(dtype=dtype, device=device).requires_grad_()
+
+
+@pytest.fixture(autouse=True)
+def poison_uninitialised_memory():
+    """Fill every torch.empty with NaN, so an output element a kernel forgets to write fails the test.
+
+    Autouse in the modules that import it."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(prev)

@@ -12,16 +12,8 @@ import torch
 
 import metakern.functional as MF
 import reference as R
-from helpers import RTOL, assert_close, backends_under_test, devices_for, make_problem, primary_dtype, seeded
-
-DIMS = [(10, 1), (1, 40, 40, 1), (3, 17, 5), (5, 3, 17, 4, 2)]
-ACTS = ["relu", "tanh", "sigmoid", "identity"]
-LOSSES = ["mse", "cross_entropy"]
-LR_KINDS = ["float", "scalar", "per_param"]
-
-# The interpreter runs Triton programs one at a time through numpy: the slower extra
-# tests below take a covering subset for it (every value of every axis appears).
-SLOW = {"triton"} if not torch.cuda.is_available() else set()
+from helpers import (ACTS, DIMS, LOSSES, LR_KINDS, SLOW, RTOL, assert_close, backends_under_test, devices_for, leaf,
+                     make_problem, poison_uninitialised_memory, primary_dtype, seeded)  # noqa: F401 (autouse fixture)
 
 
 def _cases(backend):
@@ -39,18 +31,14 @@ def _cases(backend):
 ALL_CASES = [c for b in backends_under_test() for c in _cases(b)]
 
 
-def _leaf(t, dtype, device):
-    return t.detach().to(dtype=dtype, device=device).requires_grad_()
-
-
 def run_case(backend, dims, act, loss, first_order, steps, lr_kind, per_task, dtype, g, T=3, N=7, device=None):
     device = device or devices_for(backend)[0]
     params, x, y, lr = make_problem(g, dims, T, N, loss, torch.float64, per_task, lr_kind)
     # ground truth, float64 on the CPU
-    r_params = [_leaf(p, torch.float64, "cpu") for p in params]
-    r_x = _leaf(x, torch.float64, "cpu")
-    r_lr = lr if lr_kind == "float" else (_leaf(lr, torch.float64, "cpu") if lr_kind == "scalar"
-                                          else [_leaf(l, torch.float64, "cpu") for l in lr])
+    r_params = [leaf(p, torch.float64, "cpu") for p in params]
+    r_x = leaf(x, torch.float64, "cpu")
+    r_lr = lr if lr_kind == "float" else (leaf(lr, torch.float64, "cpu") if lr_kind == "scalar"
+                                          else [leaf(l, torch.float64, "cpu") for l in lr])
     ref = R.adapt(r_params, r_x, y, r_lr, steps, loss, act, first_order)
     vs = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in ref]
     lr_leaves = [] if lr_kind == "float" else ([r_lr] if lr_kind == "scalar" else r_lr)
@@ -58,10 +46,10 @@ def run_case(backend, dims, act, loss, first_order, steps, lr_kind, per_task, dt
     r_grads = torch.autograd.grad(ref, r_inputs, vs, allow_unused=True)
 
     # the backend under test
-    k_params = [_leaf(p, dtype, device) for p in params]
-    k_x = _leaf(x, dtype, device)
-    k_lr = lr if lr_kind == "float" else (_leaf(lr, dtype, device) if lr_kind == "scalar"
-                                          else [_leaf(l, dtype, device) for l in lr])
+    k_params = [leaf(p, dtype, device) for p in params]
+    k_x = leaf(x, dtype, device)
+    k_lr = lr if lr_kind == "float" else (leaf(lr, dtype, device) if lr_kind == "scalar"
+                                          else [leaf(l, dtype, device) for l in lr])
     k_y = y.to(device=device, dtype=dtype if loss == "mse" else torch.int64)
     out = MF.adapt(k_params, k_x, k_y, lr=k_lr, steps=steps, loss=loss, activation=act, first_order=first_order,
                    backend=backend)
@@ -78,16 +66,6 @@ def run_case(backend, dims, act, loss, first_order, steps, lr_kind, per_task, dt
         rg = torch.zeros_like(inp) if rg is None else rg
         kg = torch.zeros(inp.shape, dtype=dtype) if kg is None else kg
         assert_close(kg, rg, rtol, name)
-
-
-@pytest.fixture(autouse=True)
-def poison_uninitialised_memory():
-    """Fill every torch.empty with NaN, so an output element a kernel forgets to write fails the test."""
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(prev)
 
 
 @pytest.mark.parametrize("backend,dims,act,loss,first_order,steps,lr_kind,per_task", ALL_CASES)
@@ -142,13 +120,13 @@ def test_forward(request, backend, dims, act):
     rtol = 1e-12 if dtype == torch.float64 else 1e-5  # one forward/backward: a few ulps
     for per_task in (False, True):
         params, x, _, _ = make_problem(g, dims, 3, 7, "mse", torch.float64, per_task)
-        r_params = [_leaf(p, torch.float64, "cpu") for p in params]
-        r_x = _leaf(x, torch.float64, "cpu")
+        r_params = [leaf(p, torch.float64, "cpu") for p in params]
+        r_x = leaf(x, torch.float64, "cpu")
         ref = R.mlp(r_params, r_x, act)
         v = torch.randn(ref.shape, generator=g, dtype=torch.float64)
         r_grads = torch.autograd.grad(ref, r_params + [r_x], v)
-        k_params = [_leaf(p, dtype, device) for p in params]
-        k_x = _leaf(x, dtype, device)
+        k_params = [leaf(p, dtype, device) for p in params]
+        k_x = leaf(x, dtype, device)
         out = MF.forward(k_params, k_x, activation=act, backend=backend)
         assert_close(out, ref, rtol, "forward")
         k_grads = torch.autograd.grad(out, k_params + [k_x], v.to(device=device, dtype=dtype))

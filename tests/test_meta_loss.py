@@ -16,13 +16,8 @@ import metakern as mk
 import metakern.backends as B
 import metakern.functional as MF
 import reference as R
-from helpers import RTOL, assert_close, backends_under_test, devices_for, make_problem, primary_dtype, seeded
-
-DIMS = [(10, 1), (1, 40, 40, 1), (3, 17, 5), (5, 3, 17, 4, 2)]
-ACTS = ["relu", "tanh", "sigmoid", "identity"]
-LOSSES = ["mse", "cross_entropy"]
-LR_KINDS = ["float", "scalar", "per_param"]
-SLOW = {"triton"} if not torch.cuda.is_available() else set()
+from helpers import (ACTS, DIMS, LOSSES, LR_KINDS, SLOW, RTOL, assert_close, backends_under_test, devices_for, leaf,
+                     make_problem, poison_uninitialised_memory, primary_dtype, seeded)  # noqa: F401 (autouse fixture)
 
 
 def _cases(backend):
@@ -37,17 +32,13 @@ def _cases(backend):
     return out
 
 
-def _leaf(t, dtype, device):
-    return t.detach().to(dtype=dtype, device=device).requires_grad_()
-
-
 def _lr_leaves(lr, lr_kind, dtype, device):
     if lr_kind == "float":
         return lr, []
     if lr_kind == "scalar":
-        t = _leaf(lr, dtype, device)
+        t = leaf(lr, dtype, device)
         return t, [t]
-    ts = [_leaf(v, dtype, device) for v in lr]
+    ts = [leaf(v, dtype, device) for v in lr]
     return ts, ts
 
 
@@ -68,14 +59,14 @@ def run_case(backend, dims, act, loss, first_order, steps, lr_kind, per_task, dt
     _, xq, yq, _ = make_problem(g, dims, T, Nq, loss, torch.float64)
     w = torch.randn(T, generator=g, dtype=torch.float64)  # dL/dl_t
 
-    r_params = [_leaf(p, torch.float64, "cpu") for p in params]
+    r_params = [leaf(p, torch.float64, "cpu") for p in params]
     r_lr, r_lr_leaves = _lr_leaves(lr, lr_kind, torch.float64, "cpu")
-    r_xs, r_xq = (_leaf(xs, torch.float64, "cpu"), _leaf(xq, torch.float64, "cpu")) if x_grad else (xs, xq)
+    r_xs, r_xq = (leaf(xs, torch.float64, "cpu"), leaf(xq, torch.float64, "cpu")) if x_grad else (xs, xq)
     ref = reference_losses(r_params, r_xs, ys, r_xq, yq, r_lr, steps, loss, act, first_order)
     r_inputs = r_params + r_lr_leaves + ([r_xs, r_xq] if x_grad else [])
     r_grads = torch.autograd.grad(ref, r_inputs, w, allow_unused=True)
 
-    k_params = [_leaf(p, dtype, device) for p in params]
+    k_params = [leaf(p, dtype, device) for p in params]
     k_lr, k_lr_leaves = _lr_leaves(lr, lr_kind, dtype, device)
     k_xs, k_xq = xs.to(device, dtype), xq.to(device, dtype)
     if x_grad:
@@ -93,16 +84,6 @@ def run_case(backend, dims, act, loss, first_order, steps, lr_kind, per_task, dt
         rg = torch.zeros_like(inp) if rg is None else rg
         kg = torch.zeros(inp.shape, dtype=dtype) if kg is None else kg
         assert_close(kg, rg, rtol, f"gradient {i} of {len(r_inputs)}")
-
-
-@pytest.fixture(autouse=True)
-def poison_uninitialised_memory():
-    """Fill every torch.empty with NaN, so an output element a kernel forgets to write fails the test."""
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(prev)
 
 
 @pytest.mark.parametrize("backend,dims,act,loss,first_order,steps,lr_kind,per_task",
