@@ -226,12 +226,14 @@ class MAML(nn.Module):
         return params, per_task, dims
 
     def _packed_lr(self, params, per_task, x) -> Tensor:
-        """The inner rates, one per packed element. A fixed rate (a buffer) is packed
-        once and reused until it changes (its version counter moves)."""
+        """The inner rates, one per packed element. A fixed rate (a CPU buffer) is packed
+        once per value (its value is the cache key: in-place changes, ``.data``
+        included, are seen; reading it is free on the CPU, a sync on a GPU, where it
+        is packed every call)."""
         shapes = MF._shared_shapes(params, per_task)
-        if self._lr_mode == "per_param" or self.lr.requires_grad:
+        if self._lr_mode == "per_param" or self.lr.requires_grad or self.lr.device.type != "cpu":
             return MF._pack_lr(list(self.lrs) if self._lr_mode == "per_param" else self.lr, shapes, x)
-        key = (self.lr.data_ptr(), self.lr._version, x.dtype, x.device, tuple(shapes))
+        key = (float(self.lr), self.lr.dtype, x.dtype, x.device, tuple(shapes))
         cached = self.__dict__.get("_lr_cache")
         if cached is None or cached[0] != key:
             cached = (key, MF._pack_lr(self.lr, shapes, x))

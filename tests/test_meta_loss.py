@@ -304,3 +304,6 @@ def test_fixed_lr_change_is_seen():
     ref = F.mse_loss(R.mlp(R.adapt(list(maml.module.parameters()), xs, ys, 0.3, 1), xq, "relu"), yq)
     assert_close(changed, ref, 1e-9, "loss after the rate changed")
     assert not torch.equal(first, changed)
+    maml.lr.data.fill_(0.2)  # .data does not move the version counter
+    ref = F.mse_loss(R.mlp(R.adapt(list(maml.module.parameters()), xs, ys, 0.2, 1), xq, "relu"), yq)
+    assert_close(maml.meta_loss(xs, ys, xq, yq), ref, 1e-9, "loss after a .data change")
