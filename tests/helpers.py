@@ -101,6 +101,17 @@ def leaf(t, dtype, device):
     return t.detach().to(dtype=dtype, device=device).requires_grad_()
 
 
+def lr_leaves(lr, lr_kind, dtype, device):
+    """``(lr as passed to the op, the leaves among it)`` for an ``lr`` from :func:`make_problem`."""
+    if lr_kind == "float":
+        return lr, []
+    if lr_kind == "scalar":
+        t = leaf(lr, dtype, device)
+        return t, [t]
+    ts = [leaf(v, dtype, device) for v in lr]
+    return ts, ts
+
+
 @pytest.fixture(autouse=True)
 def poison_uninitialised_memory():
     """Fill every torch.empty with NaN, so an output element a kernel forgets to write fails the test.

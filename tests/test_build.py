@@ -1,5 +1,4 @@
 """The installed extension: what it was built with, and that the package works without it."""
-import glob
 import os
 import shutil
 import subprocess
@@ -7,7 +6,6 @@ import sys
 
 import pytest
 
-import metakern
 from metakern import backends
 
 

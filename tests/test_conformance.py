@@ -13,7 +13,7 @@ import torch
 import metakern.functional as MF
 import reference as R
 from helpers import (ACTS, DIMS, LOSSES, LR_KINDS, SLOW, RTOL, assert_close, backends_under_test, devices_for, leaf,
-                     make_problem, poison_uninitialised_memory, primary_dtype, seeded)  # noqa: F401 (autouse fixture)
+                     lr_leaves, make_problem, poison_uninitialised_memory, primary_dtype, seeded)  # noqa: F401 (autouse fixture)
 
 
 def _cases(backend):
@@ -37,23 +37,19 @@ def run_case(backend, dims, act, loss, first_order, steps, lr_kind, per_task, dt
     # ground truth, float64 on the CPU
     r_params = [leaf(p, torch.float64, "cpu") for p in params]
     r_x = leaf(x, torch.float64, "cpu")
-    r_lr = lr if lr_kind == "float" else (leaf(lr, torch.float64, "cpu") if lr_kind == "scalar"
-                                          else [leaf(l, torch.float64, "cpu") for l in lr])
+    r_lr, r_lr_leaves = lr_leaves(lr, lr_kind, torch.float64, "cpu")
     ref = R.adapt(r_params, r_x, y, r_lr, steps, loss, act, first_order)
     vs = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in ref]
-    lr_leaves = [] if lr_kind == "float" else ([r_lr] if lr_kind == "scalar" else r_lr)
-    r_inputs = r_params + lr_leaves + [r_x]
+    r_inputs = r_params + r_lr_leaves + [r_x]
     r_grads = torch.autograd.grad(ref, r_inputs, vs, allow_unused=True)
 
     # the backend under test
     k_params = [leaf(p, dtype, device) for p in params]
     k_x = leaf(x, dtype, device)
-    k_lr = lr if lr_kind == "float" else (leaf(lr, dtype, device) if lr_kind == "scalar"
-                                          else [leaf(l, dtype, device) for l in lr])
+    k_lr, k_lr_leaves = lr_leaves(lr, lr_kind, dtype, device)
     k_y = y.to(device=device, dtype=dtype if loss == "mse" else torch.int64)
     out = MF.adapt(k_params, k_x, k_y, lr=k_lr, steps=steps, loss=loss, activation=act, first_order=first_order,
                    backend=backend)
-    k_lr_leaves = [] if lr_kind == "float" else ([k_lr] if lr_kind == "scalar" else k_lr)
     k_inputs = k_params + k_lr_leaves + [k_x]
     k_grads = torch.autograd.grad(out, k_inputs, [v.to(dtype=dtype, device=device) for v in vs], allow_unused=True)
 
@@ -61,7 +57,7 @@ def run_case(backend, dims, act, loss, first_order, steps, lr_kind, per_task, dt
     for i, (o, r) in enumerate(zip(out, ref)):
         assert o.shape == r.shape
         assert_close(o, r, rtol, f"adapted params[{i}]")
-    names = [f"d params[{i}]" for i in range(len(r_params))] + [f"d lr[{i}]" for i in range(len(lr_leaves))] + ["d x"]
+    names = [f"d params[{i}]" for i in range(len(r_params))] + [f"d lr[{i}]" for i in range(len(r_lr_leaves))] + ["d x"]
     for name, kg, rg, inp in zip(names, k_grads, r_grads, r_inputs):
         rg = torch.zeros_like(inp) if rg is None else rg
         kg = torch.zeros(inp.shape, dtype=dtype) if kg is None else kg

@@ -17,7 +17,7 @@ import metakern.backends as B
 import metakern.functional as MF
 import reference as R
 from helpers import (ACTS, DIMS, LOSSES, LR_KINDS, SLOW, RTOL, assert_close, backends_under_test, devices_for, leaf,
-                     make_problem, poison_uninitialised_memory, primary_dtype, seeded)  # noqa: F401 (autouse fixture)
+                     lr_leaves, make_problem, poison_uninitialised_memory, primary_dtype, seeded)  # noqa: F401 (autouse fixture)
 
 
 def _cases(backend):
@@ -30,16 +30,6 @@ def _cases(backend):
                                 id=f"{backend}-{'x'.join(map(str, dims))}-{act}-{loss}-{'fo' if fo else 'so'}"
                                    f"-K{steps}-{lr_kind}-{'pt' if per_task else 'sh'}"))
     return out
-
-
-def _lr_leaves(lr, lr_kind, dtype, device):
-    if lr_kind == "float":
-        return lr, []
-    if lr_kind == "scalar":
-        t = leaf(lr, dtype, device)
-        return t, [t]
-    ts = [leaf(v, dtype, device) for v in lr]
-    return ts, ts
 
 
 def reference_losses(params, xs, ys, xq, yq, lr, steps, loss, act, first_order):
@@ -60,14 +50,14 @@ def run_case(backend, dims, act, loss, first_order, steps, lr_kind, per_task, dt
     w = torch.randn(T, generator=g, dtype=torch.float64)  # dL/dl_t
 
     r_params = [leaf(p, torch.float64, "cpu") for p in params]
-    r_lr, r_lr_leaves = _lr_leaves(lr, lr_kind, torch.float64, "cpu")
+    r_lr, r_lr_leaves = lr_leaves(lr, lr_kind, torch.float64, "cpu")
     r_xs, r_xq = (leaf(xs, torch.float64, "cpu"), leaf(xq, torch.float64, "cpu")) if x_grad else (xs, xq)
     ref = reference_losses(r_params, r_xs, ys, r_xq, yq, r_lr, steps, loss, act, first_order)
     r_inputs = r_params + r_lr_leaves + ([r_xs, r_xq] if x_grad else [])
     r_grads = torch.autograd.grad(ref, r_inputs, w, allow_unused=True)
 
     k_params = [leaf(p, dtype, device) for p in params]
-    k_lr, k_lr_leaves = _lr_leaves(lr, lr_kind, dtype, device)
+    k_lr, k_lr_leaves = lr_leaves(lr, lr_kind, dtype, device)
     k_xs, k_xq = xs.to(device, dtype), xq.to(device, dtype)
     if x_grad:
         k_xs, k_xq = k_xs.requires_grad_(), k_xq.requires_grad_()
