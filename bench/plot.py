@@ -25,7 +25,7 @@ def main(argv=None):
     p.add_argument("--device", help="keep rows whose device name contains this text")
     args = p.parse_args(argv)
 
-    from metakern.benchmark import NO_MPL, have_matplotlib, plot_rows
+    from metakern.benchmark import NO_MPL, have_matplotlib, plot_rows, run_title
 
     if not have_matplotlib():
         print(f"error: {NO_MPL.replace('--plot', 'bench/plot.py')}", file=sys.stderr)
@@ -41,9 +41,7 @@ def main(argv=None):
         print(f"error: no rows in {args.csv} match (run={args.run!r}, device={args.device!r})", file=sys.stderr)
         return 1
     out = args.out or os.path.splitext(args.csv)[0] + ".png"
-    r0 = rows[0]
-    title = f"{r0['device']}  torch {r0['torch']}  metakern {r0['metakern']} ({r0['git_rev']})  " + \
-            (r0["run_id"] if args.run != "all" else "all runs")
+    title = run_title(rows[0], None if args.run != "all" else "all runs")
     try:
         print(plot_rows(rows, out, workload=args.workload, title=title))
     except ValueError as e:

@@ -918,6 +918,12 @@ def plot_rows(rows: List[dict], path: str, workload: str = "sine", title: str = 
     return path
 
 
+def run_title(info: dict, run_label: Optional[str] = None) -> str:
+    """Plot title of a run from its environment (``env_info`` + ``run_id``) or any CSV row of it."""
+    return (f"{info['device']}  torch {info['torch']}  metakern {info['metakern']} ({info['git_rev']})  "
+            f"{info['run_id'] if run_label is None else run_label}")
+
+
 def have_matplotlib() -> bool:
     import importlib.util
 
@@ -1088,9 +1094,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {NO_MPL}", file=sys.stderr)
             return 2
         try:
-            title = (f"{env['device']}  torch {env['torch']}  metakern {env['metakern']} ({env['git_rev']})  "
-                     f"{env['run_id']}")
-            print(f"# plot: {plot_rows(rows, args.plot, title=title)}")
+            print(f"# plot: {plot_rows(rows, args.plot, title=run_title(env))}")
         except ValueError as e:
             print(f"error: no plot: {e}", file=sys.stderr)
             return 2

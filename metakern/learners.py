@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from . import functional as MF
 from . import generic
+from .backends.torch_backend import loss_value
 from .nn import fused_spec
 
 
@@ -211,8 +212,6 @@ class MAML(nn.Module):
 
     def _query_losses(self, pred: Tensor, yq: Tensor) -> Tensor:
         """Per-task mean losses ``[T]`` of predictions ``[T, N, O]`` (generic path)."""
-        from .backends.torch_backend import loss_value
-
         if pred.dim() != 3:
             raise ValueError(f"meta_loss needs model outputs [T, N, O], got {tuple(pred.shape)}")
         return loss_value(pred, yq, MF.LOSSES[self.loss])

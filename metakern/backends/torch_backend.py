@@ -324,17 +324,17 @@ def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: 
     Ws, bs = unpack(traj[steps], dims, T)
     acts, out = mlp_forward(Ws, bs, xq, act)
     losses = loss_value(out, yq, loss)
+    none = theta.new_empty((0, P))  # a gradient not asked for
     if not need_grad:
-        empty = theta.new_empty((0, P))
-        return losses, empty, empty
+        return losses, none, none
     d_out, _ = loss_grad(out, yq, loss)
     dWs, dbs, _, _, _ = backprop(Ws, acts, d_out, act, need_x=False)
     v = pack(dWs, dbs)  # per task: the deltas are
     if first_order:
         if not need_lr:
-            return losses, v, theta.new_empty((0, P))
+            return losses, v, none
         return losses, v, (-(g_sum * v) if g_sum is not None else torch.zeros_like(v))
-    g_lr = torch.zeros_like(v) if need_lr else theta.new_empty((0, P))
+    g_lr = torch.zeros_like(v) if need_lr else none
     for k in range(steps - 1, -1, -1):
         if k < steps - 1:
             g, cache = task_grad(traj[k], xs, ys, dims, loss, act)
