@@ -1,9 +1,11 @@
 // The Python module metakern._C: importing it loads the shared library, which
-// registers the ops (torch.ops.metakern.*). Its only Python function is
-// build_info(), a description of how the extension was compiled.
+// registers the ops (torch.ops.metakern.*). Its Python functions: build_info(), a
+// description of how the extension was compiled, and maml_loss() (maml_loss.h).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/version.h>
+
+#include "maml_loss.h"
 
 #include <string>
 
@@ -76,4 +78,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "metakern compiled kernels (ops registered as torch.ops.metakern.*)";
   m.def("build_info", &build_info,
         "How metakern._C was built: compiler, OpenMP and threads, SIMD flags, whether CUDA kernels are in.");
+  m.def("maml_loss", &metakern::maml_loss,
+        "The MAML objective over metakern::maml_fwd as one C++ autograd node: (params, lr, xs, ys, xq, yq, "
+        "dims, per_task, steps, loss, act, first_order, reduction) -> loss; reduction 0 mean, 1 sum, 2 none.",
+        pybind11::arg("params"), pybind11::arg("lr"), pybind11::arg("xs"), pybind11::arg("ys"), pybind11::arg("xq"),
+        pybind11::arg("yq"), pybind11::arg("dims"), pybind11::arg("per_task"), pybind11::arg("steps"),
+        pybind11::arg("loss"), pybind11::arg("act"), pybind11::arg("first_order"), pybind11::arg("reduction"));
 }

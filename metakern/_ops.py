@@ -226,11 +226,15 @@ def maml_op(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_
     (composed path) ``xs`` / ``xq``.
 
     Takes the backend's fused ``maml_fwd`` in eager mode when it has one and no input
-    batch needs a gradient; otherwise composes :func:`adapt_op` and :func:`mlp_op`
+    batch needs a gradient (differentiated by the backend's C++ node ``maml_loss``
+    where it has one, else by :class:`_MamlFn`); otherwise composes :func:`adapt_op` and :func:`mlp_op`
     (also under ``torch.compile``, where those are registered ops).
     """
-    fused = _backends.get(backend).maml_fwd is not None and not _compiling()
+    b = _backends.get(backend)
+    fused = b.maml_fwd is not None and not _compiling()
     if fused and not (torch.is_grad_enabled() and (xs.requires_grad or xq.requires_grad)):
+        if b.maml_loss is not None:  # the same node, in C++
+            return b.maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction)
         spec = (tuple(dims), tuple(per_task), steps, loss, act, first_order, backend, reduction)
         return _MamlFn.apply(spec, lr, xs, ys, xq, yq, *params)
     theta = pack_params(params, per_task, xs.shape[0])

@@ -297,3 +297,96 @@ def test_fixed_lr_change_is_seen():
     maml.lr.data.fill_(0.2)  # .data does not move the version counter
     ref = F.mse_loss(R.mlp(R.adapt(list(maml.module.parameters()), xs, ys, 0.2, 1), xq, "relu"), yq)
     assert_close(maml.meta_loss(xs, ys, xq, yq), ref, 1e-9, "loss after a .data change")
+
+
+# ------------------------------------------------------------------ the C++ autograd node
+
+needs_cpp = pytest.mark.skipif(bool(B.available()["cpp"]), reason="the cpp backend is not built (test_build checks "
+                                                                  "it is in CI)")
+
+
+def _python_node(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
+    """The same objective through the Python autograd.Function on the cpp kernel."""
+    from metakern import _ops
+    spec = (tuple(dims), tuple(per_task), steps, loss, act, first_order, "cpp", reduction)
+    return _ops._MamlFn.apply(spec, lr, xs, ys, xq, yq, *params)
+
+
+@needs_cpp
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("per_task,lr_kind", [(False, "scalar"), (True, "per_param"), ([True, False], "scalar")])
+def test_cpp_node_matches_python_node(request, reduction, per_task, lr_kind):
+    """metakern._C.maml_loss (the node cpp uses) gives the bits of the Python _MamlFn
+    on the same kernel: values, parameter and lr gradients, for each reduction."""
+    g = seeded(request)
+    dims, T = (3, 11, 4), 5
+    params, xs, ys, lr = make_problem(g, dims, T, 7, "cross_entropy", torch.float32, per_task, lr_kind)
+    _, xq, yq, _ = make_problem(g, dims, T, 6, "cross_entropy", torch.float32)
+    pt = [p.dim() == (3 if i % 2 == 0 else 2) for i, p in enumerate(params)]
+    out_w = torch.randn(T, generator=g) if reduction == "none" else torch.randn((), generator=g)
+    results = []
+    for fn in (B.get("cpp").maml_loss, _python_node):
+        ps = [p.clone().requires_grad_() for p in params]
+        lr_leaf, lr_leaves_ = lr_leaves(lr, lr_kind, torch.float32, "cpu")
+        lr_p = MF._pack_lr(lr_leaf, MF._shared_shapes(ps, pt), xs)
+        out = fn(ps, pt, lr_p, xs, ys, xq, yq, dims, 2, 1, 2, False, reduction)
+        results.append([out.detach()] + list(torch.autograd.grad(out, ps + lr_leaves_, out_w)))
+    assert results[0][0].shape == ((T,) if reduction == "none" else ())
+    for i, (a, b) in enumerate(zip(*results)):
+        assert torch.equal(a, b), f"output {i} differs between the C++ and the Python node"
+
+
+@needs_cpp
+def test_cpp_node_without_grad_and_for_lr_only():
+    g = torch.Generator().manual_seed(3)
+    params, xs, ys, _ = make_problem(g, (1, 9, 1), 4, 5, "mse", torch.float64)
+    _, xq, yq, _ = make_problem(g, (1, 9, 1), 4, 5, "mse", torch.float64)
+    ref = MF.meta_loss([p.requires_grad_() for p in params], xs, ys, xq, yq, lr=0.1, backend="torch")
+    lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    frozen = [p.detach() for p in params]
+    out = MF.meta_loss(frozen, xs, ys, xq, yq, lr=lr, backend="cpp")  # only lr needs a gradient
+    assert out.grad_fn is not None
+    assert_close(out, ref, 1e-12, "loss")
+    (g_lr,) = torch.autograd.grad(out, lr)
+    r_lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    (r_g,) = torch.autograd.grad(MF.meta_loss(frozen, xs, ys, xq, yq, lr=r_lr, backend="torch"), r_lr)
+    assert_close(g_lr, r_g, 1e-9, "lr gradient")
+    with torch.no_grad():
+        quiet = MF.meta_loss(params, xs, ys, xq, yq, lr=lr, backend="cpp")
+    assert quiet.grad_fn is None and torch.equal(quiet, out.detach())
+
+
+@needs_cpp
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_fused_node_refuses_double_backward(backend):
+    """As @once_differentiable: a gradient of the gradient raises instead of being silently zero."""
+    g = torch.Generator().manual_seed(4)
+    params, xs, ys, _ = make_problem(g, (2, 5, 1), 3, 4, "mse", torch.float64)
+    _, xq, yq, _ = make_problem(g, (2, 5, 1), 3, 4, "mse", torch.float64)
+    ps = [p.requires_grad_() for p in params]
+    first = torch.autograd.grad(MF.meta_loss(ps, xs, ys, xq, yq, lr=0.1, backend=backend), ps)
+    v = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)  # an incoming gradient that needs one itself
+    grads = torch.autograd.grad(MF.meta_loss(ps, xs, ys, xq, yq, lr=0.1, backend=backend), ps, v, create_graph=True)
+    for a, b in zip(grads, first):  # the first derivative itself is still right
+        assert torch.equal(a.detach(), b)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        sum((gr ** 2).sum() for gr in grads).backward()
+    plain = torch.autograd.grad(MF.meta_loss(ps, xs, ys, xq, yq, lr=0.1, backend=backend), ps, create_graph=True)
+    assert not any(gr.requires_grad for gr in plain)  # nothing to differentiate: autograd itself refuses
+
+
+@needs_cpp
+def test_cpp_node_checks_its_arguments():
+    from metakern import _C
+    g = torch.Generator().manual_seed(6)
+    params, xs, ys, _ = make_problem(g, (2, 5, 1), 3, 4, "mse", torch.float32)
+    lr = torch.full((sum(p.numel() for p in params),), 0.1)
+    args = (lr, xs, ys, xs, ys, [2, 5, 1], [False] * 4, 1, 0, 1, False)
+    with pytest.raises(ValueError, match="reduction must be 0 \\(mean\\), 1 \\(sum\\) or 2 \\(none\\), got 3"):
+        _C.maml_loss(params, *args, 3)
+    with pytest.raises(ValueError, match="per_task has 3 entries for 4 params"):
+        _C.maml_loss(params, *args[:6], [False] * 3, *args[7:], 0)
+    with pytest.raises(ValueError, match="2 params do not match dims of 3 widths"):
+        _C.maml_loss(params[:2], *args[:6], [False] * 2, *args[7:], 0)
+    with pytest.raises(RuntimeError, match="metakern::maml_fwd"):  # the op's own checks: a bad query batch
+        _C.maml_loss(params, lr, xs, ys, torch.randn(2, 4, 2), ys, [2, 5, 1], [False] * 4, 1, 0, 1, False, 0)

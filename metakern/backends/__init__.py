@@ -59,6 +59,11 @@ class Backend:
     # (theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad,
     #  need_lr) -> (losses [T], g_theta [T, P], g_lr [T, P]); see torch_backend.maml_fwd.
     maml_fwd: Optional[Callable] = None
+    # The same objective with its autograd node in C++ (metakern._C.maml_loss), where
+    # a backend's maml_fwd is a registered op: (params, per_task, lr, xs, ys, xq, yq,
+    # dims, steps, loss, act, first_order, reduction) -> loss. Without it the node is
+    # the Python metakern._ops._MamlFn.
+    maml_loss: Optional[Callable] = None
 
 
 class TorchBackend(Backend):
@@ -95,6 +100,7 @@ def _load_ext():
 
 _EXT = None
 _EXT_ERR: Optional[str] = None
+_REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}  # codes of metakern._C.maml_loss (csrc/maml_loss.h)
 
 
 class _CompiledBackend(Backend):
@@ -141,6 +147,11 @@ class _CompiledBackend(Backend):
             return torch.ops.metakern.mlp_bwd(grad_out, theta, x, list(dims), act, need_x)
 
     @staticmethod
+    def compiled_maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
+        return _EXT.maml_loss(list(params), lr, xs, ys, xq, yq, list(dims), list(per_task), steps, loss, act,
+                              first_order, _REDUCTIONS[reduction])
+
+    @staticmethod
     def compiled_maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
         # need_lr: g_lr is a by-product of the kernel's reverse loop, always computed
         with torch._C._AutoDispatchBelowAutograd():
@@ -154,6 +165,7 @@ class CppBackend(_CompiledBackend):
     name = "cpp"
     device_type = "cpu"
     maml_fwd = staticmethod(_CompiledBackend.compiled_maml_fwd)  # CPU only so far
+    maml_loss = staticmethod(_CompiledBackend.compiled_maml_loss)
 
 
 class CudaBackend(_CompiledBackend):
