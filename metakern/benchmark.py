@@ -186,6 +186,8 @@ class Profile:
     min_reps: int = 10
     min_time_s: float = 0.5
     max_time_s: float = 3.0
+    burst_ms: float = 5.0      # CPU: back-to-back calls of one provider per round (time_interleaved)
+    max_burst: int = 50
     warmup_ms: int = 25        # CUDA: do_bench
     rep_ms: int = 100
     peak_n: int = 2048         # square sgemm for the device peak
@@ -209,7 +211,7 @@ def make_profile(name: str, device: str) -> Profile:
     if name == "smoke":  # CI: seconds
         return Profile([("sine", (4,), (1,), ("second",)), ("linear", (4,), (2,), ("first",)),
                         ("head", (4,), (1,), ("second",)), ("mlp-ce", (2,), (1,), ("second",))],
-                       warmup_s=0.0, min_reps=3, min_time_s=0.0, max_time_s=0.5, warmup_ms=2, rep_ms=5,
+                       warmup_s=0.0, min_reps=3, min_time_s=0.0, max_time_s=0.5, burst_ms=0.0, warmup_ms=2, rep_ms=5,
                        peak_n=256, loop_max_T=8)
     if name == "quick":  # < 2 minutes on a 2-core CPU
         return Profile([("sine", (25,), (1,), ("second",)), ("sine", (1024,), (5,), ("second",)),
@@ -703,45 +705,57 @@ def run_one(cfg: Config, prov: Provider, quantity: str, base_model: nn.Module, d
 
 
 def time_interleaved(fns: Sequence[Callable], prof: Profile) -> List[Tuple]:
-    """Time several callables in rounds, each round calling every one once (CPU).
+    """Time several callables in rounds, each round calling every one in turn (CPU).
 
     On a shared machine the speed changes over seconds; timing providers one after
     the other lets a slow spell land on one of them and skew the ratio. In rounds,
     a spell slows all of them alike. Each round's order is rotated so that no
-    callable always runs right after the same other one. Returns, per callable,
-    ``(median_ms, p20_ms, p80_ms, samples, timer)``, or an exception it raised
-    (that callable is dropped from later rounds).
+    callable always runs right after the same other one. Within a round each
+    callable runs a burst of back-to-back calls lasting about ``prof.burst_ms``
+    (sized from its warmup time, at least one call) and its sample is the burst's
+    mean: the steady state of a training loop, whose step runs right after its own
+    previous step, not after another provider has refilled the caches. Returns, per
+    callable, ``(median_ms, p20_ms, p80_ms, samples, timer)``, or an exception it
+    raised (that callable is dropped from later rounds).
     """
     out: List = [None] * len(fns)
     live = list(range(len(fns)))
+    last_ms = [0.0] * len(fns)
     end = time.perf_counter() + prof.warmup_s
     while live and time.perf_counter() < end:
-        live = _round(fns, live, None, out)
+        live = _round(fns, live, None, out, [1] * len(fns), last_ms)
+    bursts = [max(1, min(prof.max_burst, int(prof.burst_ms / t))) if t > 0 and prof.burst_ms > 0 else 1
+              for t in last_ms]
     samples: List[List[float]] = [[] for _ in fns]
     start, r = time.perf_counter(), 0
     while live:
-        live = _round(fns, live[r % len(live):] + live[:r % len(live)], samples, out)
+        live = _round(fns, live[r % len(live):] + live[:r % len(live)], samples, out, bursts, last_ms)
         r += 1
         spent = time.perf_counter() - start
         if (r >= prof.min_reps and spent >= prof.min_time_s * len(fns)) or (
                 spent >= prof.max_time_s * len(fns) and r >= 3):
             break
+    timer = "perf_counter, interleaved" + (" bursts" if max(bursts) > 1 else "")
     for i in live:
-        out[i] = (*_quantiles(samples[i]), len(samples[i]), "perf_counter, interleaved")
+        out[i] = (*_quantiles(samples[i]), len(samples[i]), timer)
     return out
 
 
-def _round(fns, order, samples, out) -> List[int]:
-    """Call each ``fns[i]`` for ``i`` in ``order`` once; returns the ones that did not raise, sorted."""
+def _round(fns, order, samples, out, bursts, last_ms) -> List[int]:
+    """Call each ``fns[i]`` for ``i`` in ``order`` ``bursts[i]`` times in a row; record the
+    mean time per call (in ``samples`` when given, and in ``last_ms``); returns the
+    ones that did not raise, sorted."""
     alive = []
     for i in order:
         try:
             t0 = time.perf_counter()
-            fns[i]()
-            dt = time.perf_counter() - t0
+            for _ in range(bursts[i]):
+                fns[i]()
+            dt = (time.perf_counter() - t0) / bursts[i]
         except Exception as e:
             out[i] = e
             continue
+        last_ms[i] = dt * 1e3
         if samples is not None:
             samples[i].append(dt * 1e3)
         alive.append(i)
