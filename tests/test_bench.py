@@ -130,6 +130,39 @@ def test_cpp_memory_does_not_grow_with_steps():
     assert mem["vmap", 6] > 2 * mem["vmap", 1]
 
 
+def test_interleaved_rounds_time_bursts(monkeypatch):
+    """Each round calls every callable in a burst sized from its warmup time to about
+    burst_ms (at least once, at most max_burst), and samples the burst's mean. The
+    clock is simulated: each call moves it by that callable's cost."""
+    now = [0.0]
+    calls = {"fast": 0, "slow": 0, "bad": 0}
+    monkeypatch.setattr(bm.time, "perf_counter", lambda: now[0])
+
+    def fast():
+        calls["fast"] += 1
+        now[0] += 0.0001
+
+    def slow():
+        calls["slow"] += 1
+        now[0] += 0.004
+
+    def bad():
+        calls["bad"] += 1
+        raise ValueError("broken provider")
+
+    prof = bm.Profile([], warmup_s=0.01, min_reps=4, min_time_s=0.0, max_time_s=1.0, burst_ms=10.0, max_burst=7)
+    out = bm.time_interleaved([fast, slow, bad], prof)
+    (f_med, _, _, f_n, timer), (s_med, _, _, s_n, _) = out[0], out[1]
+    assert isinstance(out[2], ValueError) and calls["bad"] == 1  # dropped after its first failure
+    assert f_n == s_n == 4 and timer == "perf_counter, interleaved bursts"
+    assert s_med == pytest.approx(4.0) and f_med == pytest.approx(0.1)  # per-call means, not burst totals
+    # 3 warmup rounds (0.0041 s each, to 0.01 s) of one call, then 4 rounds of bursts:
+    # int(10 ms / 4 ms) = 2 slow calls, and max_burst = 7 fast ones (10 / 0.1 = 100)
+    assert calls["slow"] == 3 + 4 * 2 and calls["fast"] == 3 + 4 * 7
+    single = bm.time_interleaved([fast], bm.Profile([], warmup_s=0.0, min_reps=3, min_time_s=0.0, burst_ms=0.0))
+    assert single[0][3] == 3 and single[0][4] == "perf_counter, interleaved"
+
+
 def test_profiles_cover_the_brief():
     quick = bm.make_profile("quick", "cpu").expand().configs
     assert [(c.workload.name, c.T, c.K, c.order) for c in quick][:2] == [("sine", 25, 1, "second"),
