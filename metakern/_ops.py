@@ -227,8 +227,8 @@ def maml_op(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_
 
     Takes the backend's fused ``maml_fwd`` in eager mode when it has one and no input
     batch needs a gradient (differentiated by the backend's C++ node ``maml_loss``
-    where it has one, else by :class:`_MamlFn`); otherwise composes :func:`adapt_op` and :func:`mlp_op`
-    (also under ``torch.compile``, where those are registered ops).
+    where it has one, else by :class:`_MamlFn`); otherwise composes :func:`adapt_op`
+    and :func:`mlp_op` (also under ``torch.compile``, where those are registered ops).
     """
     b = _backends.get(backend)
     fused = b.maml_fwd is not None and not _compiling()

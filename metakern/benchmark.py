@@ -735,7 +735,7 @@ def time_interleaved(fns: Sequence[Callable], prof: Profile) -> List[Tuple]:
         if (r >= prof.min_reps and spent >= prof.min_time_s * len(fns)) or (
                 spent >= prof.max_time_s * len(fns) and r >= 3):
             break
-    timer = "perf_counter, interleaved" + (" bursts" if max(bursts) > 1 else "")
+    timer = "perf_counter, interleaved" + (" bursts" if max(bursts, default=1) > 1 else "")
     for i in live:
         out[i] = (*_quantiles(samples[i]), len(samples[i]), timer)
     return out
