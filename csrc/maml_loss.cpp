@@ -36,6 +36,7 @@ struct MamlSpec {
   std::vector<bool> per_task;
   int64_t steps, loss, act, reduction;
   bool first_order;
+  bool need_lr;  // lr needs a gradient: maml_fwd also computes and returns dl_t/dlr
 };
 
 const char* const kTwice = "trying to differentiate twice metakern's fused MAML objective (its backward is "
@@ -70,9 +71,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd(const at::Tensor& theta,
           .findSchemaOrThrow("metakern::maml_fwd", "")
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const at::Tensor&, at::IntArrayRef, int64_t, int64_t, int64_t, bool, bool)>();
+              const at::Tensor&, at::IntArrayRef, int64_t, int64_t, int64_t, bool, bool, bool)>();
   at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(theta, lr, xs, ys, xq, yq, s.dims, s.steps, s.loss, s.act, s.first_order, need_grad);
+  return op.call(theta, lr, xs, ys, xq, yq, s.dims, s.steps, s.loss, s.act, s.first_order, need_grad, s.need_lr);
 }
 
 at::Tensor reduce(const at::Tensor& losses, int64_t reduction) {
@@ -172,7 +173,7 @@ at::Tensor maml_loss(const std::vector<at::Tensor>& params, const at::Tensor& lr
                     " entries for ", params.size(), " params");
   TORCH_CHECK_VALUE(dims.size() >= 2 && params.size() == 2 * (dims.size() - 1), "metakern maml_loss: ",
                     params.size(), " params do not match dims of ", dims.size(), " widths (2 per layer)");
-  MamlSpec s{std::move(dims), std::move(per_task), steps, loss, act, reduction, first_order};
+  MamlSpec s{std::move(dims), std::move(per_task), steps, loss, act, reduction, first_order, lr.requires_grad()};
   bool need = lr.requires_grad();
   for (const at::Tensor& p : params) need = need || p.requires_grad();
   if (!(need && at::GradMode::is_enabled())) {

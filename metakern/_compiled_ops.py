@@ -39,10 +39,11 @@ def register():
         return x.new_empty((x.shape[0], theta.shape[-1])), x.new_empty(x.shape)
 
     @torch.library.register_fake("metakern::maml_fwd")
-    def _(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad):
+    def _(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
         n = xs.shape[0] if need_grad else 0
+        n_lr = n if need_lr else 0
         return theta.new_empty((xs.shape[0],)), theta.new_empty((n, theta.shape[-1])), theta.new_empty(
-            (n, theta.shape[-1]))
+            (n_lr, theta.shape[-1]))
 
     def adapt_setup(ctx, inputs, output):
         theta, lr, x, y, dims, steps, loss, act = inputs

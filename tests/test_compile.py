@@ -48,9 +48,11 @@ def test_opcheck_compiled_kernels(request, backend):
     torch.library.opcheck(torch.ops.metakern.mlp_bwd.default, (torch.randn_like(out), plain[0], plain[2], dims, 2, True))
     if backend == "cpp":  # the fused MAML objective has a CPU kernel only
         xq, yq = plain[2][:, :2].contiguous(), y[:, :2].contiguous()
-        for need_grad, first_order in ((True, False), (True, True), (False, False)):
+        for need_grad, first_order, need_lr in ((True, False, True), (True, True, True), (False, False, True),
+                                                (True, False, False), (True, True, False)):
             torch.library.opcheck(torch.ops.metakern.maml_fwd.default,
-                                  (plain[0], plain[1], plain[2], y, xq, yq, dims, 2, 1, 2, first_order, need_grad))
+                                  (plain[0], plain[1], plain[2], y, xq, yq, dims, 2, 1, 2, first_order, need_grad,
+                                   need_lr))
 
 
 @pytest.mark.parametrize("backend", COMPILED)

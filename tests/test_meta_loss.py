@@ -281,6 +281,24 @@ def test_raw_maml_op_checks_the_query():
     assert losses.shape == (2,) and g_theta.shape == (0, theta.numel()) and g_lr.shape == (0, theta.numel())
 
 
+@pytest.mark.skipif(bool(B.available()["cpp"]), reason="the cpp backend is not built (test_build checks it is in CI)")
+@pytest.mark.parametrize("first_order", [False, True])
+def test_raw_maml_op_without_lr_gradient(first_order):
+    """need_lr=False drops g_lr (shape [0, P]) and leaves the losses and g_theta bit for bit."""
+    g = torch.Generator().manual_seed(8)
+    from metakern import _ops
+    params, xs, ys, _ = make_problem(g, (3, 6, 4), 3, 5, "cross_entropy", torch.float64, [True, False])
+    _, xq, yq, _ = make_problem(g, (3, 6, 4), 3, 4, "cross_entropy", torch.float64)
+    theta = _ops.pack_params(params, [True, True, False, False], 3).contiguous()  # layer 1 per task, layer 2 shared
+    lr = torch.rand(theta.shape[1], generator=g, dtype=torch.float64) * 0.2
+    op = torch.ops.metakern.maml_fwd
+    full = op(theta, lr, xs, ys, xq, yq, [3, 6, 4], 2, 1, 2, first_order, True)
+    lean = op(theta, lr, xs, ys, xq, yq, [3, 6, 4], 2, 1, 2, first_order, True, False)
+    assert full[2].shape == theta.shape and lean[2].shape == (0, theta.shape[1])
+    assert torch.equal(full[0], lean[0]) and torch.equal(full[1], lean[1])
+    assert full[2].abs().sum() > 0  # the lr gradient it dropped was not trivially zero
+
+
 def test_fixed_lr_change_is_seen():
     """The packed copy of a fixed inner rate follows in-place changes of the buffer."""
     g = torch.Generator().manual_seed(5)
@@ -314,7 +332,8 @@ def _python_node(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, f
 
 @needs_cpp
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("per_task,lr_kind", [(False, "scalar"), (True, "per_param"), ([True, False], "scalar")])
+@pytest.mark.parametrize("per_task,lr_kind", [(False, "scalar"), (True, "per_param"), ([True, False], "scalar"),
+                                            (False, "float")])
 def test_cpp_node_matches_python_node(request, reduction, per_task, lr_kind):
     """metakern._C.maml_loss (the node cpp uses) gives the bits of the Python _MamlFn
     on the same kernel: values, parameter and lr gradients, for each reduction."""

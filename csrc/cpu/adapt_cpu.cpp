@@ -212,13 +212,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_cpu(const at::Tensor& th
                                                             const at::Tensor& xs, const at::Tensor& ys,
                                                             const at::Tensor& xq, const at::Tensor& yq,
                                                             at::IntArrayRef dims, int64_t steps, int64_t loss,
-                                                            int64_t act, bool first_order, bool need_grad) {
+                                                            int64_t act, bool first_order, bool need_grad,
+                                                            bool need_lr) {
   int64_t Nq = 0;
   const Problem pr = check_maml(kMamlFwd, theta, lr, xs, ys, xq, yq, dims, steps, loss, act, &Nq);
   check_cpu(kMamlFwd, theta, "theta");
   at::Tensor losses = at::empty({pr.T}, theta.options());
   at::Tensor g_theta = at::empty({need_grad ? pr.T : 0, pr.P}, theta.options());
-  at::Tensor g_lr = at::empty({need_grad ? pr.T : 0, pr.P}, theta.options());
+  need_lr = need_lr && need_grad;
+  at::Tensor g_lr = at::empty({need_lr ? pr.T : 0, pr.P}, theta.options());
   if (pr.T == 0) return {losses, g_theta, g_lr};
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "maml_fwd_cpu", [&] {
     const tm::Mlp net = tm::Mlp::make(pr.dims.data(), pr.L);
@@ -233,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_cpu(const at::Tensor& th
     const int64_t* yqi = mse ? nullptr : yq.data_ptr<int64_t>();
     scalar_t* lp = losses.data_ptr<scalar_t>();
     scalar_t* gtp = need_grad ? g_theta.data_ptr<scalar_t>() : nullptr;
-    scalar_t* glp = need_grad ? g_lr.data_ptr<scalar_t>() : nullptr;
+    scalar_t* glp = need_lr ? g_lr.data_ptr<scalar_t>() : nullptr;
     const int64_t Ns = pr.N, P = pr.P, D = pr.D, O = pr.O;
     const int64_t th_stride = pr.shared_theta ? 0 : P;
     const bool rop = need_grad && !first_order && steps > 0;

@@ -415,10 +415,15 @@ template <typename T>
 MK_HD void lr_grad(i64 n, const T* MK_RESTRICT g, const T* MK_RESTRICT v, T* MK_RESTRICT g_lr) {
   for (i64 i = 0; i < n; ++i) g_lr[i] -= g[i] * v[i];
 }
-// u = lr * v and g_lr -= g * v (one pass of the reverse step)
+// u = lr * v and g_lr -= g * v (one pass of the reverse step); g_lr may be null
+// (no lr gradient wanted): then only u.
 template <typename T>
 MK_HD void reverse_step_pre(i64 n, const T* MK_RESTRICT lr, const T* MK_RESTRICT g, const T* MK_RESTRICT v,
                             T* MK_RESTRICT u, T* MK_RESTRICT g_lr) {
+  if (g_lr == nullptr) {
+    for (i64 i = 0; i < n; ++i) u[i] = lr[i] * v[i];
+    return;
+  }
   for (i64 i = 0; i < n; ++i) {
     u[i] = lr[i] * v[i];
     g_lr[i] -= g[i] * v[i];
@@ -802,6 +807,7 @@ MK_HD void adapt_backward_task(const Mlp& net, i64 N, i64 K, const T* theta0, co
 // and steps 0 .. K-2 are recomputed. The caller keeps them when K blocks fit a
 // per-thread budget (the blocks are per worker thread, not per task).
 // First order: g_theta = v_K and g_lr = -(sum_k g_k) * v_K, summed during the walk.
+// g_lr may be null when no lr gradient is wanted (maml_fwd's need_lr).
 // s: Scratch::size(net, Ns, K + 1, !first_order); q: Scratch::size(net, Nq, 0, false).
 template <typename T>
 MK_HD void maml_task(const Mlp& net, i64 Ns, i64 Nq, i64 K, const T* theta0, const T* lr, const T* xs,
@@ -809,7 +815,7 @@ MK_HD void maml_task(const Mlp& net, i64 Ns, i64 Nq, i64 K, const T* theta0, con
                      bool need_grad, T* loss_out, T* g_theta, T* g_lr, Scratch<T>& s, Scratch<T>& q,
                      Scratch<T>* kept) {
   const i64 P = net.P;
-  const bool sum_g = need_grad && first_order;
+  const bool sum_g = need_grad && first_order && g_lr != nullptr;
   if (sum_g) fill(P, T(0), g_lr);
   copy(P, theta0, s.thetas);
   for (i64 k = 0; k < K; ++k) {
@@ -830,10 +836,11 @@ MK_HD void maml_task(const Mlp& net, i64 Ns, i64 Nq, i64 K, const T* theta0, con
   T* v = g_theta;  // v_k lives in the output row
   backward(net, Nq, thK, xq, act, q.A, q.E, q.D, v, static_cast<T*>(nullptr));
   if (first_order) {
-    for (i64 i = 0; i < P; ++i) g_lr[i] = -g_lr[i] * v[i];
+    if (sum_g)
+      for (i64 i = 0; i < P; ++i) g_lr[i] = -g_lr[i] * v[i];
     return;
   }
-  fill(P, T(0), g_lr);
+  if (g_lr != nullptr) fill(P, T(0), g_lr);
   for (i64 k = K - 1; k >= 0; --k) {
     const T* th = s.thetas + k * P;
     Scratch<T>& w = kept != nullptr ? kept[k] : s;

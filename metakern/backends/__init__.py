@@ -153,10 +153,9 @@ class _CompiledBackend(Backend):
 
     @staticmethod
     def compiled_maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
-        # need_lr: g_lr is a by-product of the kernel's reverse loop, always computed
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.metakern.maml_fwd(theta, lr, xs, ys, xq, yq, list(dims), steps, loss, act, first_order,
-                                               need_grad)
+                                               need_grad, need_lr)
 
 
 class CppBackend(_CompiledBackend):
