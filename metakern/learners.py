@@ -206,8 +206,9 @@ class MAML(nn.Module):
         params, per_task, dims = self._checked(xs, ys)
         MF._check_query(xq, xs)
         MF._check_y(yq, xq, MF.LOSSES[self.loss], dims[-1], "yq", "xq")
-        return MF.maml_loss_validated(params, per_task, dims, self._packed_lr(params, per_task, xs), xs, ys, xq, yq,
-                                      steps=steps, loss=MF.LOSSES[self.loss], act=MF.ACTIVATIONS[self.activation],
+        lr = self._packed_lr(params, per_task, dims, xs)
+        return MF.maml_loss_validated(params, per_task, dims, lr, xs, ys, xq, yq, steps=steps,
+                                      loss=MF.LOSSES[self.loss], act=MF.ACTIVATIONS[self.activation],
                                       first_order=first_order, backend=self.backend, reduction=reduction)
 
     def _query_losses(self, pred: Tensor, yq: Tensor) -> Tensor:
@@ -218,30 +219,31 @@ class MAML(nn.Module):
 
     def _checked(self, x, y):
         """Validate a support batch for the fused path; ``(params, per_task, dims)``."""
-        params = [p for m in self._linears for p in (m.weight, m.bias)]
+        params = [m._parameters[n] for m in self._linears for n in ("weight", "bias")]  # as m.weight, without __getattr__
         MF._check_x(x)
         dims, per_task = MF.check_params(params, x, where="model parameters")
         MF._check_y(y, x, MF.LOSSES[self.loss], dims[-1])
         return params, per_task, dims
 
-    def _packed_lr(self, params, per_task, x) -> Tensor:
+    def _packed_lr(self, params, per_task, dims, x) -> Tensor:
         """The inner rates, one per packed element. A fixed rate (a CPU buffer) is packed
         once per value (its value is the cache key: in-place changes, ``.data``
         included, are seen; reading it is free on the CPU, a sync on a GPU, where it
         is packed every call)."""
-        shapes = MF._shared_shapes(params, per_task)
         if self._lr_mode == "per_param" or self.lr.requires_grad or self.lr.device.type != "cpu":
+            shapes = MF._shared_shapes(params, per_task)
             return MF._pack_lr(list(self.lrs) if self._lr_mode == "per_param" else self.lr, shapes, x)
-        key = (float(self.lr), self.lr.dtype, x.dtype, x.device, tuple(shapes))
+        # the shapes without a task axis follow from the (validated) layer widths alone
+        key = (float(self.lr), self.lr.dtype, x.dtype, x.device, dims)
         cached = self.__dict__.get("_lr_cache")
         if cached is None or cached[0] != key:
-            cached = (key, MF._pack_lr(self.lr, shapes, x))
+            cached = (key, MF._pack_lr(self.lr, MF._shared_shapes(params, per_task), x))
             self.__dict__["_lr_cache"] = cached
         return cached[1]
 
     def _adapt_fused(self, x, y, steps, first_order):
         params, per_task, dims = self._checked(x, y)
-        theta, lr_p = MF._pack_params(params, per_task, x.shape[0]), self._packed_lr(params, per_task, x)
+        theta, lr_p = MF._pack_params(params, per_task, x.shape[0]), self._packed_lr(params, per_task, dims, x)
         thetaK, _ = MF.adapt_packed(theta, dims, lr_p, x, y, steps=steps, loss=MF.LOSSES[self.loss],
                                     act=MF.ACTIVATIONS[self.activation], first_order=first_order,
                                     backend=self.backend)
