@@ -149,8 +149,9 @@ class _CompiledBackend(Backend):
     @staticmethod
     def compiled_maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
         ext = _EXT if _EXT is not None else _load_ext()[0]
-        return ext.maml_loss(list(params), lr, xs, ys, xq, yq, list(dims), list(per_task), steps, loss, act,
-                             first_order, _REDUCTIONS[reduction])
+        # pybind11 converts any sequence to the std::vector arguments itself
+        return ext.maml_loss(params, lr, xs, ys, xq, yq, dims, per_task, steps, loss, act, first_order,
+                             _REDUCTIONS[reduction])
 
     @staticmethod
     def compiled_maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
