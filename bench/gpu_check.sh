@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# The one-shot GPU check: build, GPU tests, GPU benchmarks, in about six minutes.
+# The one-shot GPU check: build, GPU tests, memcheck, GPU benchmarks, in about eight minutes.
 #
 #   bash bench/gpu_check.sh OUTDIR
 #
 # For the lent GPU machine (no package registry; torch 2.11, Triton 3.6, Python 3.12,
 # nvcc 13.0). Run from anywhere; it works in the checkout that holds this script.
 # Every stage runs under `timeout`, within a total deadline (GPU_CHECK_TOTAL_S, default
-# 345 s), and the next stage runs even when one fails. OUTDIR receives:
+# 470 s), and the next stage runs even when one fails. OUTDIR receives:
 #   env.txt         nvidia-smi, versions, metakern backends after the build
 #   build.txt       pip install -e . output
-#   tests.txt       python -m pytest tests -q
+#   tests_v.txt     python -m pytest tests -v (with pytest-xdist, TEST_WORKERS=12, when importable)
+#   sanitize.txt    compute-sanitizer memcheck of bench/sanitize_gpu.py (cuda, triton)
 #   bench.txt       the benchmark table;  bench_gpu.csv, bench_gpu.png
-#   status.txt      one line per stage: name, exit code (124 = timed out), seconds, limit
+#   status.txt      one line per stage: name, exit code (124 = timed out), seconds, limit;
+#                   the tests' failures, skips and count
 # Stage limits (seconds, each also capped by the time left): BUILD_S (150),
-# TESTS_S (90), and the benchmark gets what remains but PLOT_RESERVE_S (20).
+# TESTS_S (150), SANITIZE_S (60), and the benchmark gets what remains but PLOT_RESERVE_S (20).
 set -u
 
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
@@ -23,10 +25,13 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+PY=$(command -v python3 || command -v python)   # the GPU image has python3 (with torch)
+export METAKERN_CUDA_ARCHS=${METAKERN_CUDA_ARCHS:-9.0}   # the build and test_build read it
 
-TOTAL=${GPU_CHECK_TOTAL_S:-345}
+TOTAL=${GPU_CHECK_TOTAL_S:-470}
 BUILD_S=${BUILD_S:-150}
-TESTS_S=${TESTS_S:-90}
+TESTS_S=${TESTS_S:-150}
+SANITIZE_S=${SANITIZE_S:-60}
 PLOT_RESERVE_S=${PLOT_RESERVE_S:-20}
 BENCH_MIN_S=${BENCH_MIN_S:-90}    # kept back for the benchmark by the stages before it
 START=$SECONDS
@@ -56,7 +61,7 @@ stage() {
   nvcc --version || echo "no nvcc"
   git rev-parse --short HEAD 2>/dev/null || echo "git revision unknown"
 } > "$OUT/env.txt" 2>&1
-stage env 30 "$OUT/env.txt" python -c "
+stage env 30 "$OUT/env.txt" "$PY" -c "
 import sys, torch
 print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda)
 print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')
@@ -68,28 +73,48 @@ except Exception as e:
 
 # 2. build (CPU and CUDA kernels, sm_90 only)
 stage build "$(limit "$BUILD_S" $(( 15 + BENCH_MIN_S + PLOT_RESERVE_S )))" "$OUT/build.txt" \
-  env METAKERN_CUDA_ARCHS=9.0 MAX_JOBS=16 pip install --no-index --no-build-isolation --no-deps -e .
-stage backends 30 "$OUT/env.txt" python -c "
+  env MAX_JOBS=16 "$PY" -m pip install --no-index --no-build-isolation --no-deps -e .
+stage backends 30 "$OUT/env.txt" "$PY" -c "
 import metakern as mk
 for name, why in mk.backends.available().items():
     print(f'backend {name}:', 'available' if not why else 'unavailable: ' + '; '.join(why))
 "
 
-# 3. tests (the whole suite; the GPU ones run here, the rest are quick)
-stage tests "$(limit "$TESTS_S" $(( BENCH_MIN_S + PLOT_RESERVE_S )))" "$OUT/tests.txt" \
-  python -m pytest tests -q
+# 3. tests (the whole suite; the GPU ones run here). One line per test goes to
+# tests.txt as it finishes (so a timeout keeps what ran); failures are printed after.
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${TEST_WORKERS:-12}")
+stage tests "$(limit "$TESTS_S" $(( SANITIZE_S + BENCH_MIN_S + PLOT_RESERVE_S )))" "$OUT/status.txt" \
+  sh -c 'exec "$@" > "$0" 2>&1' "$OUT/tests_v.txt" "$PY" -m pytest tests -v -rfE -p no:cacheprovider "${XDIST[@]}"
+{
+  echo "--- tests: failures and errors (tests_v.txt has every test)"
+  grep -E "^(FAILED|ERROR) |(FAILED|ERROR) tests/" "$OUT/tests_v.txt" | sort -u | head -60
+  echo "--- tests: skips"
+  grep -E "SKIPPED" "$OUT/tests_v.txt" | sort -u | head -30
+  echo "--- tests: summary"
+  grep -cE " PASSED " "$OUT/tests_v.txt" | sed 's/^/passed lines: /'
+  tail -n 1 "$OUT/tests_v.txt"; echo
+} | tee -a "$OUT/status.txt"
+
+# 3b. compute-sanitizer memcheck over the GPU kernels (small odd shapes, checked values)
+if command -v compute-sanitizer >/dev/null; then
+  stage memcheck "$(limit "$SANITIZE_S" $(( BENCH_MIN_S + PLOT_RESERVE_S )))" "$OUT/sanitize.txt" \
+    compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize_gpu.py cuda,triton
+else
+  echo "memcheck skipped: no compute-sanitizer" | tee -a "$OUT/status.txt"
+fi
 
 # 4. benchmarks: rows stream into the CSV, so a timeout keeps what was measured
 BENCH_LIM=$(limit 100000 "$PLOT_RESERVE_S")
 BUDGET=$(( BENCH_LIM > 120 ? BENCH_LIM - 60 : BENCH_LIM / 2 ))   # start no config after this
 stage bench "$BENCH_LIM" "$OUT/bench.txt" \
-  python -m metakern.benchmark --profile gpu --device cuda --time-budget "$BUDGET" \
+  "$PY" -m metakern.benchmark --profile gpu --device cuda --time-budget "$BUDGET" \
   --csv "$OUT/bench_gpu.csv" --plot "$OUT/bench_gpu.png"
 
 # 5. plot from the CSV if the benchmark did not get that far
 if [[ ! -s "$OUT/bench_gpu.png" && -s "$OUT/bench_gpu.csv" ]]; then
   stage plot "$(limit "$PLOT_RESERVE_S" 0)" "$OUT/bench.txt" \
-    python bench/plot.py "$OUT/bench_gpu.csv" -o "$OUT/bench_gpu.png"
+    "$PY" bench/plot.py "$OUT/bench_gpu.csv" -o "$OUT/bench_gpu.png"
 fi
 
 echo "total seconds=$(( SECONDS - START ))" >> "$OUT/status.txt"
