@@ -14,7 +14,10 @@
 #   bench.txt       the benchmark table;  bench_gpu.csv, bench_gpu.png
 #   status.txt      one line per stage: name, exit code (124 = timed out), seconds, limit;
 #                   the tests' failures, skips and count
-# Stage limits (seconds, each also capped by the time left): BUILD_S (150),
+# Narrower runs: TEST_ARGS (pytest paths, default tests), TEST_K (pytest -k),
+# SANITIZE_BACKENDS (default cuda,triton), BENCH_ARGS (extra benchmark flags),
+# DIAG=0 (skip bench/triton_diag.py, whose table goes to status.txt).
+# Stage limits (seconds, each also capped by the time left): BUILD_S (150), DIAG_S (90),
 # TESTS_S (150), SANITIZE_S (60), and the benchmark gets what remains but PLOT_RESERVE_S (20).
 set -u
 
@@ -25,7 +28,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-PY=$(command -v python3 || command -v python)   # the GPU image has python3 (with torch)
+PY=${PY:-$(command -v python3 || command -v python)}   # the GPU image has python3 (with torch)
+export PY
 export METAKERN_CUDA_ARCHS=${METAKERN_CUDA_ARCHS:-9.0}   # the build and test_build read it
 
 TOTAL=${GPU_CHECK_TOTAL_S:-470}
@@ -71,21 +75,35 @@ except Exception as e:
     print('triton: not importable:', e)
 "
 
-# 2. build (CPU and CUDA kernels, sm_90 only)
-stage build "$(limit "$BUILD_S" $(( 15 + BENCH_MIN_S + PLOT_RESERVE_S )))" "$OUT/build.txt" \
-  env MAX_JOBS=16 "$PY" -m pip install --no-index --no-build-isolation --no-deps -e .
+# 2. build (CPU and CUDA kernels, sm_90 only). --use-pep517: without it an older pip
+# runs `setup.py develop`, which calls pip again with build isolation (no registry there).
+# If pip fails, build the extension in place (PYTHONPATH above finds the package).
+build() {
+  env MAX_JOBS=16 "$PY" -m pip install --no-index --no-build-isolation --no-deps --use-pep517 -e . && return 0
+  echo "pip install failed: building in place"
+  env MAX_JOBS=16 "$PY" setup.py build_ext --inplace
+}
+export -f build
+stage build "$(limit "$BUILD_S" $(( 15 + BENCH_MIN_S + PLOT_RESERVE_S )))" "$OUT/build.txt" bash -c build
 stage backends 30 "$OUT/env.txt" "$PY" -c "
 import metakern as mk
 for name, why in mk.backends.available().items():
     print(f'backend {name}:', 'available' if not why else 'unavailable: ' + '; '.join(why))
 "
 
+# 2b. Triton launchers against the torch backend, per variant (bench/triton_diag.py)
+if [[ "${DIAG:-1}" == 1 ]]; then
+  stage triton-diag "$(limit "${DIAG_S:-90}" $(( BENCH_MIN_S + PLOT_RESERVE_S )))" "$OUT/status.txt" \
+    "$PY" bench/triton_diag.py
+fi
+
 # 3. tests (the whole suite; the GPU ones run here). One line per test goes to
 # tests.txt as it finishes (so a timeout keeps what ran); failures are printed after.
 XDIST=()
 "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${TEST_WORKERS:-12}")
 stage tests "$(limit "$TESTS_S" $(( SANITIZE_S + BENCH_MIN_S + PLOT_RESERVE_S )))" "$OUT/status.txt" \
-  sh -c 'exec "$@" > "$0" 2>&1' "$OUT/tests_v.txt" "$PY" -m pytest tests -v -rfE -p no:cacheprovider "${XDIST[@]}"
+  sh -c 'exec "$@" > "$0" 2>&1' "$OUT/tests_v.txt" "$PY" -m pytest ${TEST_ARGS:-tests} ${TEST_K:+-k "$TEST_K"} -v -rfE -p no:cacheprovider \
+  "${XDIST[@]}"
 {
   echo "--- tests: failures and errors (tests_v.txt has every test)"
   grep -E "^(FAILED|ERROR) |(FAILED|ERROR) tests/" "$OUT/tests_v.txt" | sort -u | head -60
@@ -99,7 +117,7 @@ stage tests "$(limit "$TESTS_S" $(( SANITIZE_S + BENCH_MIN_S + PLOT_RESERVE_S ))
 # 3b. compute-sanitizer memcheck over the GPU kernels (small odd shapes, checked values)
 if command -v compute-sanitizer >/dev/null; then
   stage memcheck "$(limit "$SANITIZE_S" $(( BENCH_MIN_S + PLOT_RESERVE_S )))" "$OUT/sanitize.txt" \
-    compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize_gpu.py cuda,triton
+    compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize_gpu.py "${SANITIZE_BACKENDS:-cuda,triton}"
 else
   echo "memcheck skipped: no compute-sanitizer" | tee -a "$OUT/status.txt"
 fi
@@ -108,7 +126,7 @@ fi
 BENCH_LIM=$(limit 100000 "$PLOT_RESERVE_S")
 BUDGET=$(( BENCH_LIM > 120 ? BENCH_LIM - 60 : BENCH_LIM / 2 ))   # start no config after this
 stage bench "$BENCH_LIM" "$OUT/bench.txt" \
-  "$PY" -m metakern.benchmark --profile gpu --device cuda --time-budget "$BUDGET" \
+  "$PY" -m metakern.benchmark --profile gpu --device cuda --time-budget "$BUDGET" ${BENCH_ARGS:-} \
   --csv "$OUT/bench_gpu.csv" --plot "$OUT/bench_gpu.png"
 
 # 5. plot from the CSV if the benchmark did not get that far
