@@ -6,6 +6,7 @@ metakern import). The interpreter runs programs one at a time through numpy, so 
 tasks are few (T = 2..3) and the point counts small and odd; the full cross product of
 options runs on one small shape, representative cases on the others.
 """
+import ast
 import os
 
 import torch
@@ -401,31 +402,38 @@ def test_launchers_raise_with_reasons():
 # ----------------------------------------------------------------------------------
 
 _AOT_SCRIPT = r"""
+import re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from metakern.triton import adapt as A, _kernels as K
 
-dims, N = (1, 40, 40, 1), 10  # the sine-wave MLP: mixes broadcast and tl.dot layers
-cfg = A._Config(dims, N, False, True)
-base = cfg.constexprs()
-jobs = [(K._adapt_fwd_kernel, dict(base, LOSS=1, ACT=2)),
-        (K._adapt_bwd_kernel, dict(base, P=cfg.P, LOSS=1, ACT=3, SECOND=True, NEED_X=True)),
-        (K._mlp_fwd_kernel, dict(base, ACT=1)),
-        (K._mlp_bwd_kernel, dict(base, ACT=2, NEED_X=True))]
-for fn, consts in jobs:
-    sig = {n: "constexpr" if n in consts else ("*i64" if n == "y_ptr" else "*fp32") if n.endswith("_ptr")
-           else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
-    ck = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                        options={"num_warps": cfg.num_warps, "num_stages": 1})
-    assert ck.metadata.shared <= 227 * 1024, (fn.__name__, ck.metadata.shared)
-    print(fn.__name__, "shared", ck.metadata.shared)
+# (dims, N, use_dot): the sine-wave MLP as the launcher compiles it (broadcast and
+# tl.dot layers mixed), then with tl.dot off, where the products are broadcast sums
+# only, at sizes (BN = 16, widths 1 and 64; all 16) where Triton's combine pass
+# would turn a sum(a[:, :, None] * b[None, :, :], 1) into tt.dot.
+for dims, N, use_dot in [((1, 40, 40, 1), 10, True), ((1, 40, 40, 1), 10, False), ((16, 16, 16), 16, False)]:
+    cfg = A._Config(dims, N, False, use_dot)
+    base = cfg.constexprs()
+    jobs = [(K._adapt_fwd_kernel, dict(base, LOSS=1, ACT=2)),
+            (K._adapt_bwd_kernel, dict(base, P=cfg.P, LOSS=1, ACT=3, SECOND=True, NEED_X=True)),
+            (K._mlp_fwd_kernel, dict(base, ACT=1)),
+            (K._mlp_bwd_kernel, dict(base, ACT=2, NEED_X=True))]
+    for fn, consts in jobs:
+        sig = {n: "constexpr" if n in consts else ("*i64" if n == "y_ptr" else "*fp32") if n.endswith("_ptr")
+               else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
+        ck = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": cfg.num_warps, "num_stages": 1})
+        assert ck.metadata.shared <= 227 * 1024, (fn.__name__, ck.metadata.shared)
+        # every matrix product in the Triton IR, as (M, K, N)
+        dots = [tuple(int(v) for v in m.groups()) for m in
+                re.finditer(r"tt\.dot [^:\n]*: tensor<(\d+)x(\d+)xf32[^>]*> \* tensor<\d+x(\d+)xf32", ck.asm["ttir"])]
+        print(dims, use_dot, fn.__name__, "shared", ck.metadata.shared, "dots", dots)
 """
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the tests above run the compiled kernels")
-def test_compiles_for_sm90_without_gpu():
-    """The interpreter never runs Triton's compiler: build the kernels for an H100 ahead of time."""
+def _aot_compile():
+    """Run _AOT_SCRIPT without the interpreter; its lines ``dims use_dot kernel shared S dots [...]``."""
     import subprocess
     import sys
 
@@ -437,9 +445,26 @@ def test_compiles_for_sm90_without_gpu():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("shared") == 4, proc.stdout
+    return proc.stdout.splitlines()
+
+
+def test_compiles_for_sm90_and_emits_only_the_chosen_matrix_products():
+    """Build the kernels for an H100 ahead of time (the interpreter never runs Triton's
+    compiler), and check the matrix products in the compiled IR: tl.dot only in the
+    layers the launcher chose, each at least 16 in every dimension as the launcher pads
+    them. Triton's combine pass once rewrote a broadcast product with K = 1 into tt.dot,
+    which gave wrong gradients on an H200 (bench/NOTES.md, v2); it must not see one."""
+    lines = _aot_compile()
+    assert sum("shared" in ln for ln in lines) == 12, lines
+    for ln in lines:
+        dims_dot, _, rest = ln.partition(" dots ")
+        dots = ast.literal_eval(rest)  # a list of (M, K, N) tuples printed by the script
+        if "False" in dims_dot.split(")")[1]:  # use_dot=False: broadcast sums only
+            assert dots == [], ln
+        else:
+            assert dots and all(min(d) >= 16 for d in dots), ln
 
 
 # ----------------------------------------------------------------------------------

@@ -67,7 +67,11 @@ def _mm_nn(a, b, DOT: tl.constexpr, PREC: tl.constexpr):
     if DOT:
         out = tl.dot(a, b, input_precision=PREC)
     else:
-        out = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+        # b first: Triton's combine pass rewrites sum(a[:, :, None] * b[None, :, :], 1)
+        # (a first) into tt.dot, whatever K is (K = 1 included) and, in Triton 3.6, at
+        # TF32 precision; on an H200 that gave wrong gradients (bench/NOTES.md, v2).
+        # The product is the same in either order.
+        out = tl.sum(b[None, :, :] * a[:, :, None], axis=1)
     return out
 
 
