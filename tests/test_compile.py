@@ -88,3 +88,23 @@ def test_registered_autograd_of_compiled_op(request, backend):
     inputs = (theta.requires_grad_(), lr.requires_grad_(), x.requires_grad_())
     assert torch.autograd.gradcheck(lambda t, l, xx: torch.ops.metakern.adapt_fwd(t, l, xx, y, dims, 2, 1, 3),
                                     inputs, eps=1e-6, atol=1e-7)
+
+
+def test_backend_checks_trace_under_compile():
+    """Every backend's availability check runs inside a fullgraph trace, also where the
+    backend cannot run here (cuda without a GPU): `auto` and a named backend resolve
+    while compiling. A per-call metakern._C.build_info() (pybind11, untraceable) once
+    broke the cuda backend's compiled MAML step on a GPU machine."""
+    import metakern.backends as B
+
+    B._load_ext()  # eager first, as any training script's first call is
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def count_reasons(x):
+        n = 0
+        for name in B.BACKENDS:
+            n += len(B.get(name).unavailable())
+        return x + n
+
+    expected = sum(len(B.get(name).unavailable()) for name in B.BACKENDS)
+    assert count_reasons(torch.zeros(1)).item() == expected

@@ -89,6 +89,8 @@ def _load_ext():
                 from .. import _compiled_ops
 
                 _compiled_ops.register()
+                info = _C.build_info() if hasattr(_C, "build_info") else {}
+                _EXT_INFO.update(info if isinstance(info, dict) else {})
                 _EXT = _C
             except ImportError as e:  # not built, or built against another torch
                 _EXT_ERR = (
@@ -100,6 +102,9 @@ def _load_ext():
 
 _EXT = None
 _EXT_ERR: Optional[str] = None
+# metakern._C.build_info(), read once when the extension loads: a pybind11 function
+# that torch.compile cannot trace, so the backend checks must not call it per call.
+_EXT_INFO: Dict[str, object] = {}
 _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}  # codes of metakern._C.maml_loss (csrc/maml_loss.h)
 
 
@@ -179,8 +184,7 @@ class CudaBackend(_CompiledBackend):
         reasons = super().unavailable()
         if reasons:
             return reasons
-        info = _EXT.build_info() if hasattr(_EXT, "build_info") else {}
-        if not (isinstance(info, dict) and info.get("cuda_kernels")):
+        if not _EXT_INFO.get("cuda_kernels"):
             reasons.append("metakern._C was built without CUDA kernels (no nvcc or a CPU-only torch at install time)")
         if not torch.cuda.is_available():
             reasons.append("no CUDA device is available")
