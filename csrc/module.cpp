@@ -1,10 +1,12 @@
 // The Python module metakern._C: importing it loads the shared library, which
 // registers the ops (torch.ops.metakern.*). Its Python functions: build_info(), a
-// description of how the extension was compiled, and maml_loss() (maml_loss.h).
+// description of how the extension was compiled, maml_loss() (maml_loss.h) and
+// maml_fwd_composed() (maml_composed.h).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#include "maml_composed.h"
 #include "maml_loss.h"
 
 #include <string>
@@ -84,4 +86,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("params"), pybind11::arg("lr"), pybind11::arg("xs"), pybind11::arg("ys"), pybind11::arg("xq"),
         pybind11::arg("yq"), pybind11::arg("dims"), pybind11::arg("per_task"), pybind11::arg("steps"),
         pybind11::arg("loss"), pybind11::arg("act"), pybind11::arg("first_order"), pybind11::arg("reduction"));
+  m.def("maml_fwd_composed", &metakern::maml_fwd_composed,
+        "metakern::maml_fwd composed from adapt_fwd, mlp_fwd, mlp_bwd and adapt_bwd on the tensors' device (the "
+        "CUDA implementation of maml_fwd; exposed for tests). Arguments and results as maml_fwd.",
+        pybind11::arg("theta"), pybind11::arg("lr"), pybind11::arg("xs"), pybind11::arg("ys"), pybind11::arg("xq"),
+        pybind11::arg("yq"), pybind11::arg("dims"), pybind11::arg("steps"), pybind11::arg("loss"),
+        pybind11::arg("act"), pybind11::arg("first_order"), pybind11::arg("need_grad"),
+        pybind11::arg("need_lr") = true);
 }

@@ -13,8 +13,8 @@ the number of tasks ``T``, inner steps ``K`` and the order (first / second). Eac
 * ``mk-<backend>``: metakern, one per available backend (``torch``, ``cpp``; on CUDA
   ``triton`` and ``cuda``; Triton never under the interpreter), through the MAML
   objective API (``MAML.meta_loss`` / ``functional.meta_loss``): one fused op for the
-  losses and their meta-gradient where the backend has it (``torch``, ``cpp``);
-* ``mk-<backend>-2op`` (``torch``, ``cpp``): the same backends through the two-op API,
+  losses and their meta-gradient where the backend has it (``torch``, ``cpp``, ``cuda``);
+* ``mk-<backend>-2op`` (``torch``, ``cpp``, ``cuda``): the same backends through the two-op API,
   ``MAML.adapt(xs, ys)(xq)`` then the loss (``functional.adapt`` + ``forward``);
 * ``vmap``: torch.func (``functional_call`` + ``grad`` + ``vmap`` over tasks, the
   outer autograd differentiating through the inner gradients: exact second order).
@@ -404,7 +404,7 @@ def _loop_limits(cfg: Config, prof: Profile) -> List[str]:
 
 
 # Backends with a fused MAML objective (``maml_fwd``); their two-op path is measured too.
-FUSED_MAML = ("torch", "cpp")
+FUSED_MAML = ("torch", "cpp", "cuda")
 
 
 def providers() -> List[Provider]:

@@ -46,7 +46,7 @@ def test_opcheck_compiled_kernels(request, backend):
     torch.library.opcheck(torch.ops.metakern.adapt_bwd.default, (grad, *plain, y, dims, 2, 1, 2, False, True))
     out = torch.ops.metakern.mlp_fwd(plain[0], plain[2], dims, 2)
     torch.library.opcheck(torch.ops.metakern.mlp_bwd.default, (torch.randn_like(out), plain[0], plain[2], dims, 2, True))
-    if backend == "cpp":  # the fused MAML objective has a CPU kernel only
+    if backend in ("cpp", "cuda"):  # the MAML objective: fused on the CPU, composed in C++ on CUDA
         xq, yq = plain[2][:, :2].contiguous(), y[:, :2].contiguous()
         for need_grad, first_order, need_lr in ((True, False, True), (True, True, True), (False, False, True),
                                                 (True, False, False), (True, True, False)):

@@ -1,8 +1,9 @@
 """The MAML objective (``functional.meta_loss``, ``MAML.meta_loss``) against ground truth.
 
 Ground truth: autograd through the unrolled inner loop on the support set, then the
-query loss per task (float64). Every backend runs; ``torch`` and ``cpp`` take their
-fused one-pass kernel (``maml_fwd``), the others the composed path. The incoming
+query loss per task (float64). Every backend runs; ``torch``, ``cpp`` and ``cuda`` take
+their ``maml_fwd`` (one pass; for cuda its ops composed in C++), ``triton`` the
+composed path. The incoming
 gradient of the per-task losses is random, so the weighting of each task's gradient
 in the backward is checked too.
 """
@@ -297,6 +298,73 @@ def test_raw_maml_op_without_lr_gradient(first_order):
     assert full[2].shape == theta.shape and lean[2].shape == (0, theta.shape[1])
     assert torch.equal(full[0], lean[0]) and torch.equal(full[1], lean[1])
     assert full[2].abs().sum() > 0  # the lr gradient it dropped was not trivially zero
+
+
+def _composed_cases():
+    out = []
+    for i, (dims, act, loss, fo) in enumerate(itertools.product(DIMS, ACTS, LOSSES, [False, True])):
+        steps, shared = i % 4, i % 3 != 1
+        need_grad, need_lr = i % 5 != 4, i % 7 != 6
+        out.append(pytest.param(dims, act, loss, fo, steps, shared, need_grad, need_lr,
+                                id=f"{'x'.join(map(str, dims))}-{act}-{loss}-{'fo' if fo else 'so'}-K{steps}"
+                                   f"-{'sh' if shared else 'pt'}{'' if need_grad else '-nograd'}"
+                                   f"{'' if need_lr else '-nolr'}"))
+    return out
+
+
+@pytest.mark.skipif(bool(B.available()["cpp"]), reason="the cpp backend is not built (test_build checks it is in CI)")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dims,act,loss,first_order,steps,shared,need_grad,need_lr", _composed_cases())
+def test_composed_maml_fwd_matches_fused(request, dims, act, loss, first_order, steps, shared, need_grad, need_lr,
+                                         dtype):
+    """The C++ composition of adapt_fwd, mlp_fwd, mlp_bwd and adapt_bwd (the CUDA
+    backend's maml_fwd, csrc/maml_composed.cpp), run on the CPU ops, against the fused
+    CPU kernel and the torch backend's maml_fwd: losses, g_theta, g_lr and their shapes."""
+    from metakern import _C
+    from metakern.backends import torch_backend as TB
+
+    g = seeded(request)
+    T, Ns, Nq = 3, 5, 4
+    params, xs, ys, lr = make_problem(g, dims, T, Ns, loss, dtype, per_task=not shared, lr_kind="per_param")
+    _, xq, yq, _ = make_problem(g, dims, T, Nq, loss, dtype)
+    from metakern import _ops
+    theta = _ops.pack_params(params, [not shared] * len(params), T).contiguous()
+    lr = torch.cat([l.reshape(-1) for l in lr]).to(dtype)
+    codes = (list(dims), steps, LOSSES.index(loss), MF.ACTIVATIONS[act], first_order, need_grad, need_lr)
+    got = _C.maml_fwd_composed(theta, lr, xs, ys, xq, yq, *codes)
+    fused = torch.ops.metakern.maml_fwd(theta, lr, xs, ys, xq, yq, *codes)
+    ref = TB.maml_fwd(theta, lr, xs, ys, xq, yq, *codes)
+    P = theta.shape[-1]
+    want = [(T,), (T, P) if need_grad else (0, P), (T, P) if need_grad and need_lr else (0, P)]
+    for name, a, f, r, shape in zip(("losses", "g_theta", "g_lr"), got, fused, ref, want):
+        assert tuple(a.shape) == shape and a.dtype == dtype, (name, a.shape, a.dtype)
+        if a.numel():
+            assert_close(a, f, RTOL[dtype], f"{name} vs the fused kernel")
+            assert_close(a, r, RTOL[dtype], f"{name} vs the torch backend")
+
+
+@pytest.mark.skipif(bool(B.available()["cpp"]), reason="the cpp backend is not built (test_build checks it is in CI)")
+def test_composed_maml_fwd_checks_its_arguments():
+    """The composition validates the whole call itself (the query set too) and names the argument."""
+    from metakern import _C
+
+    g = torch.Generator().manual_seed(3)
+    params, xs, ys, _ = make_problem(g, (3, 5, 4), 2, 4, "cross_entropy", torch.float64)
+    theta = torch.cat([p.reshape(-1) for p in params])
+    lr = torch.full_like(theta, 0.1)
+    xq = torch.randn(2, 3, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="yq holds class index 7"):
+        _C.maml_fwd_composed(theta, lr, xs, ys, xq, torch.tensor([[0, 1, 7], [0, 0, 0]]), [3, 5, 4], 1, 1, 1,
+                             False, True)
+    with pytest.raises(RuntimeError, match="xq must be \\[T, Nq, D\\]"):
+        _C.maml_fwd_composed(theta, lr, xs, ys, torch.randn(3, 3, 3, dtype=torch.float64),
+                             torch.zeros(3, 3, dtype=torch.long), [3, 5, 4], 1, 1, 1, False, True)
+    with pytest.raises(RuntimeError, match="lr must have shape \\[44\\], got \\[43\\]"):
+        _C.maml_fwd_composed(theta, lr[:-1], xs, ys, xq, torch.zeros(2, 3, dtype=torch.long), [3, 5, 4], 1, 1, 1,
+                             False, True)
+    empty = _C.maml_fwd_composed(theta, lr, xs[:0], ys[:0], xq[:0], torch.zeros(0, 3, dtype=torch.long),
+                                 [3, 5, 4], 1, 1, 1, False, True)
+    assert [tuple(t.shape) for t in empty] == [(0,), (0, theta.numel()), (0, theta.numel())]
 
 
 def test_fixed_lr_change_is_seen():

@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "adapt_cuda.h"
+#include "maml_composed.h"
 #include "metakern/checks.h"
 
 namespace metakern {
@@ -85,6 +86,8 @@ TORCH_LIBRARY_IMPL(metakern, CUDA, m) {
   m.impl("adapt_bwd", &adapt_bwd_cuda);
   m.impl("mlp_fwd", &mlp_fwd_cuda);
   m.impl("mlp_bwd", &mlp_bwd_cuda);
+  // The MAML objective: the four kernels above composed in C++ (csrc/maml_composed.cpp).
+  m.impl("maml_fwd", &maml_fwd_composed);
 }
 
 }  // namespace metakern

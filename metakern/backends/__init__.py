@@ -170,7 +170,7 @@ class CppBackend(_CompiledBackend):
 
     name = "cpp"
     device_type = "cpu"
-    maml_fwd = staticmethod(_CompiledBackend.compiled_maml_fwd)  # CPU only so far
+    maml_fwd = staticmethod(_CompiledBackend.compiled_maml_fwd)  # one fused kernel (csrc/cpu)
     maml_loss = staticmethod(_CompiledBackend.compiled_maml_loss)
 
 
@@ -179,6 +179,9 @@ class CudaBackend(_CompiledBackend):
 
     name = "cuda"
     device_type = "cuda"
+    # The four kernels composed in C++ (csrc/maml_composed.cpp), under the C++ node.
+    maml_fwd = staticmethod(_CompiledBackend.compiled_maml_fwd)
+    maml_loss = staticmethod(_CompiledBackend.compiled_maml_loss)
 
     def unavailable(self):
         reasons = super().unavailable()
