@@ -5,7 +5,9 @@
 Runs each GPU backend's fused forward and backward once per case on odd shapes
 (widths that are not multiples of a warp or a tile, shared and per-task parameters,
 both orders, input gradients, both losses, float32 and float64 where supported),
-so that every kernel variant the tests use is launched under the tool at least once.
+so that every kernel variant the tests use is launched under the tool at least once,
+through ``functional.adapt`` and through ``functional.meta_loss`` (for cuda: maml_fwd
+composed in C++ under the C++ autograd node).
 Each case also compares against the torch backend on the same device (float32:
 relative error 2e-4, as tests/helpers.py), so a case that ran but computed garbage
 fails here as well. Exits non-zero on the first mismatch.
@@ -40,6 +42,9 @@ def run_case(backend, dims, N, loss, act, per_task, steps, first_order, dtype, T
     x = torch.randn(T, N, dims[0], generator=g, dtype=torch.float64)
     y = (torch.randn(T, N, dims[-1], generator=g, dtype=torch.float64) if loss == "mse"
          else torch.randint(0, dims[-1], (T, N), generator=g))
+    xq = torch.randn(T, N + 2, dims[0], generator=g, dtype=torch.float64)
+    yq = (torch.randn(T, N + 2, dims[-1], generator=g, dtype=torch.float64) if loss == "mse"
+          else torch.randint(0, dims[-1], (T, N + 2), generator=g))
     gout = None
     results = {}
     for b in (backend, "torch"):
@@ -51,7 +56,15 @@ def run_case(backend, dims, N, loss, act, per_task, steps, first_order, dtype, T
         if gout is None:
             gout = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out]
         grads = torch.autograd.grad(out, ps + [xx], [q.to(DEV, dtype) for q in gout])
-        results[b] = [t.detach().double().cpu() for t in list(out) + list(grads)]
+        # the MAML objective (cuda: maml_fwd composed in C++, under the C++ autograd node)
+        lr = torch.tensor(0.1, dtype=dtype, device=DEV, requires_grad=True)
+        yyq = yq.to(DEV, dtype) if loss == "mse" else yq.to(DEV)
+        obj = MF.meta_loss(ps, xx.detach(), yy, xq.to(DEV, dtype), yyq, lr=lr, steps=steps, loss=loss,
+                           activation=act, first_order=first_order, backend=b, reduction="none")
+        w = torch.rand(T, generator=g, dtype=torch.float64) if b == backend else results["w"]
+        ograds = torch.autograd.grad(obj, ps + [lr], w.to(DEV, dtype))
+        results[b] = [t.detach().double().cpu() for t in list(out) + list(grads) + [obj] + list(ograds)]
+        results["w"] = w
     if DEV == "cuda":
         torch.cuda.synchronize()
     rtol = 2e-4 if dtype == torch.float32 else 1e-9
