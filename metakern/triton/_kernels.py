@@ -20,6 +20,10 @@ launcher), either a broadcast multiply + ``tl.sum`` over a small ``[BN, B_l, B_{
 block, or ``tl.dot`` with ``input_precision="ieee"`` (IEEE fp32 products, fp32
 accumulation; ``"tf32"`` only when the launcher is asked to) with every block dim
 padded to >= 16 as ``tl.dot`` requires on a GPU.
+The broadcast products must stay broadcast products when compiled: Triton's combine
+pass turns ``sum(a[:, :, None] * b[None, :, :], 1)`` into ``tt.dot`` (any K, TF32 in
+Triton 3.6), so ``_mm_nn`` writes it ``b`` first; a test compiles the kernels for
+sm_90 and checks that the IR holds only the ``tl.dot`` calls the launcher chose.
 
 The backward keeps theta_0..theta_{K-1} in a per-task global scratch (K * P floats)
 rather than registers; the inner learning rates are re-read from global memory
