@@ -22,7 +22,7 @@
 # SANITIZE_BACKENDS (default cuda,triton), BENCH_ARGS (extra benchmark flags),
 # DIAG=0 (skip bench/triton_diag.py, whose table goes to status.txt).
 # Stage limits (seconds, each also capped by the time left): BUILD_S (150), DIAG_S (90),
-# TESTS_S (200), SANITIZE_S (60), and the benchmark gets what remains but PLOT_RESERVE_S (20).
+# TESTS_S (240), SANITIZE_S (60), and the benchmark gets what remains but PLOT_RESERVE_S (20).
 set -u
 
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
@@ -38,7 +38,7 @@ export METAKERN_CUDA_ARCHS=${METAKERN_CUDA_ARCHS:-9.0}   # the build and test_bu
 
 TOTAL=${GPU_CHECK_TOTAL_S:-540}
 BUILD_S=${BUILD_S:-150}
-TESTS_S=${TESTS_S:-200}
+TESTS_S=${TESTS_S:-240}
 SANITIZE_S=${SANITIZE_S:-60}
 PLOT_RESERVE_S=${PLOT_RESERVE_S:-20}
 BENCH_MIN_S=${BENCH_MIN_S:-90}    # kept back for the benchmark by the stages before it
