@@ -45,7 +45,7 @@ def run_case(backend, dims, N, loss, act, per_task, steps, first_order, dtype, T
     xq = torch.randn(T, N + 2, dims[0], generator=g, dtype=torch.float64)
     yq = (torch.randn(T, N + 2, dims[-1], generator=g, dtype=torch.float64) if loss == "mse"
           else torch.randint(0, dims[-1], (T, N + 2), generator=g))
-    gout = None
+    gout = w = None  # drawn on the first backend's outputs, reused for the torch backend
     results = {}
     for b in (backend, "torch"):
         ps = [p.to(DEV, dtype).requires_grad_() for p in params]
@@ -61,10 +61,10 @@ def run_case(backend, dims, N, loss, act, per_task, steps, first_order, dtype, T
         yyq = yq.to(DEV, dtype) if loss == "mse" else yq.to(DEV)
         obj = MF.meta_loss(ps, xx.detach(), yy, xq.to(DEV, dtype), yyq, lr=lr, steps=steps, loss=loss,
                            activation=act, first_order=first_order, backend=b, reduction="none")
-        w = torch.rand(T, generator=g, dtype=torch.float64) if b == backend else results["w"]
+        if w is None:
+            w = torch.rand(T, generator=g, dtype=torch.float64)
         ograds = torch.autograd.grad(obj, ps + [lr], w.to(DEV, dtype))
         results[b] = [t.detach().double().cpu() for t in list(out) + list(grads) + [obj] + list(ograds)]
-        results["w"] = w
     if DEV == "cuda":
         torch.cuda.synchronize()
     rtol = 2e-4 if dtype == torch.float32 else 1e-9

@@ -264,25 +264,6 @@ def test_meta_loss_class_index_out_of_range():
 
 
 @pytest.mark.skipif(bool(B.available()["cpp"]), reason="the cpp backend is not built (test_build checks it is in CI)")
-def test_raw_maml_op_checks_the_query():
-    """The C++ op validates the query set itself, naming the argument."""
-    g = torch.Generator().manual_seed(0)
-    params, xs, ys, _ = make_problem(g, (3, 5, 4), 2, 4, "cross_entropy", torch.float32)
-    theta = torch.cat([p.reshape(-1) for p in params])
-    lr = torch.full_like(theta, 0.1)
-    op = torch.ops.metakern.maml_fwd
-    xq = torch.randn(2, 3, 3)
-    with pytest.raises(RuntimeError, match="yq holds class index 7"):
-        op(theta, lr, xs, ys, xq, torch.tensor([[0, 1, 7], [0, 0, 0]]), [3, 5, 4], 1, 1, 1, False, True)
-    with pytest.raises(RuntimeError, match="xq must be \\[T, Nq, D\\]"):
-        op(theta, lr, xs, ys, torch.randn(3, 3, 3), torch.zeros(3, 3, dtype=torch.long), [3, 5, 4], 1, 1, 1, False,
-           True)
-    losses, g_theta, g_lr = op(theta, lr, xs, ys, xq, torch.zeros(2, 3, dtype=torch.long), [3, 5, 4], 1, 1, 1,
-                               False, False)
-    assert losses.shape == (2,) and g_theta.shape == (0, theta.numel()) and g_lr.shape == (0, theta.numel())
-
-
-@pytest.mark.skipif(bool(B.available()["cpp"]), reason="the cpp backend is not built (test_build checks it is in CI)")
 @pytest.mark.parametrize("first_order", [False, True])
 def test_raw_maml_op_without_lr_gradient(first_order):
     """need_lr=False drops g_lr (shape [0, P]) and leaves the losses and g_theta bit for bit."""
@@ -344,26 +325,29 @@ def test_composed_maml_fwd_matches_fused(request, dims, act, loss, first_order, 
 
 
 @pytest.mark.skipif(bool(B.available()["cpp"]), reason="the cpp backend is not built (test_build checks it is in CI)")
-def test_composed_maml_fwd_checks_its_arguments():
-    """The composition validates the whole call itself (the query set too) and names the argument."""
+@pytest.mark.parametrize("impl", ["fused", "composed"])
+def test_raw_maml_op_checks_its_arguments(impl):
+    """The C++ objective validates the whole call itself, the query set too, and names
+    the argument: the fused CPU kernel (torch.ops.metakern.maml_fwd) and the composition
+    of the four ops (metakern._C.maml_fwd_composed, CUDA's maml_fwd)."""
     from metakern import _C
 
-    g = torch.Generator().manual_seed(3)
-    params, xs, ys, _ = make_problem(g, (3, 5, 4), 2, 4, "cross_entropy", torch.float64)
+    op = torch.ops.metakern.maml_fwd if impl == "fused" else _C.maml_fwd_composed
+    g = torch.Generator().manual_seed(0)
+    params, xs, ys, _ = make_problem(g, (3, 5, 4), 2, 4, "cross_entropy", torch.float32)
     theta = torch.cat([p.reshape(-1) for p in params])
     lr = torch.full_like(theta, 0.1)
-    xq = torch.randn(2, 3, 3, dtype=torch.float64)
+    xq, yq = torch.randn(2, 3, 3), torch.zeros(2, 3, dtype=torch.long)
     with pytest.raises(RuntimeError, match="yq holds class index 7"):
-        _C.maml_fwd_composed(theta, lr, xs, ys, xq, torch.tensor([[0, 1, 7], [0, 0, 0]]), [3, 5, 4], 1, 1, 1,
-                             False, True)
+        op(theta, lr, xs, ys, xq, torch.tensor([[0, 1, 7], [0, 0, 0]]), [3, 5, 4], 1, 1, 1, False, True)
     with pytest.raises(RuntimeError, match="xq must be \\[T, Nq, D\\]"):
-        _C.maml_fwd_composed(theta, lr, xs, ys, torch.randn(3, 3, 3, dtype=torch.float64),
-                             torch.zeros(3, 3, dtype=torch.long), [3, 5, 4], 1, 1, 1, False, True)
+        op(theta, lr, xs, ys, torch.randn(3, 3, 3), torch.zeros(3, 3, dtype=torch.long), [3, 5, 4], 1, 1, 1, False,
+           True)
     with pytest.raises(RuntimeError, match="lr must have shape \\[44\\], got \\[43\\]"):
-        _C.maml_fwd_composed(theta, lr[:-1], xs, ys, xq, torch.zeros(2, 3, dtype=torch.long), [3, 5, 4], 1, 1, 1,
-                             False, True)
-    empty = _C.maml_fwd_composed(theta, lr, xs[:0], ys[:0], xq[:0], torch.zeros(0, 3, dtype=torch.long),
-                                 [3, 5, 4], 1, 1, 1, False, True)
+        op(theta, lr[:-1], xs, ys, xq, yq, [3, 5, 4], 1, 1, 1, False, True)
+    losses, g_theta, g_lr = op(theta, lr, xs, ys, xq, yq, [3, 5, 4], 1, 1, 1, False, False)
+    assert losses.shape == (2,) and g_theta.shape == (0, theta.numel()) and g_lr.shape == (0, theta.numel())
+    empty = op(theta, lr, xs[:0], ys[:0], xq[:0], yq[:0], [3, 5, 4], 1, 1, 1, False, True)
     assert [tuple(t.shape) for t in empty] == [(0,), (0, theta.numel()), (0, theta.numel())]
 
 

@@ -151,15 +151,17 @@ class _CompiledBackend(Backend):
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.metakern.mlp_bwd(grad_out, theta, x, list(dims), act, need_x)
 
+    # The MAML objective: metakern::maml_fwd (CPU: one fused kernel, csrc/cpu; CUDA:
+    # the four kernels composed in C++, csrc/maml_composed.cpp) under the C++ node.
     @staticmethod
-    def compiled_maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
+    def maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
         ext = _EXT if _EXT is not None else _load_ext()[0]
         # pybind11 converts any sequence to the std::vector arguments itself
         return ext.maml_loss(params, lr, xs, ys, xq, yq, dims, per_task, steps, loss, act, first_order,
                              _REDUCTIONS[reduction])
 
     @staticmethod
-    def compiled_maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
+    def maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.metakern.maml_fwd(theta, lr, xs, ys, xq, yq, list(dims), steps, loss, act, first_order,
                                                need_grad, need_lr)
@@ -170,8 +172,6 @@ class CppBackend(_CompiledBackend):
 
     name = "cpp"
     device_type = "cpu"
-    maml_fwd = staticmethod(_CompiledBackend.compiled_maml_fwd)  # one fused kernel (csrc/cpu)
-    maml_loss = staticmethod(_CompiledBackend.compiled_maml_loss)
 
 
 class CudaBackend(_CompiledBackend):
@@ -179,9 +179,6 @@ class CudaBackend(_CompiledBackend):
 
     name = "cuda"
     device_type = "cuda"
-    # The four kernels composed in C++ (csrc/maml_composed.cpp), under the C++ node.
-    maml_fwd = staticmethod(_CompiledBackend.compiled_maml_fwd)
-    maml_loss = staticmethod(_CompiledBackend.compiled_maml_loss)
 
     def unavailable(self):
         reasons = super().unavailable()
