@@ -1,19 +1,30 @@
-"""The fused ops as registered PyTorch operators, with autograd and fake kernels.
+"""Every autograd formula and every ``torch.library`` registration of metakern.
 
-``metakern_py::adapt`` and ``metakern_py::mlp`` are custom ops whose
-implementation hands the packed tensors to the chosen backend (``torch``, ``cpp``,
-``triton`` or ``cuda``). Registering them with the dispatcher, with fake (meta)
-implementations and ``register_autograd``, lets a whole second-order MAML step run
-under ``torch.compile(fullgraph=True)``: the compiler sees one opaque op forward and
-one backward instead of an unrolled double-backward graph.
+* ``metakern_py::adapt`` and ``metakern_py::mlp`` are custom ops whose
+  implementation hands the packed tensors to the chosen backend (``torch``, ``cpp``,
+  ``triton`` or ``cuda``). Registered with the dispatcher, with fake (meta)
+  implementations and ``register_autograd``, they let a whole second-order MAML step
+  run under ``torch.compile(fullgraph=True)``: the compiler sees one opaque op
+  forward and one backward instead of an unrolled double-backward graph.
+* The ops that ``metakern._C`` defines in C++ (``torch.ops.metakern.*``, schemas in
+  ``csrc/schema/``) get their fake kernels here, for ``torch.compile`` and
+  ``opcheck``, and autograd formulas: ``adapt_fwd`` is differentiated exactly
+  (second order) through ``adapt_bwd``, ``mlp_fwd`` through ``mlp_bwd``; the
+  first-order variant is a choice of the caller, made through ``metakern_py::adapt``.
+  ``maml_fwd`` returns its own gradients (it is differentiated by :class:`_MamlFn` or
+  the C++ node ``metakern._C.maml_loss``, which call it below the Autograd key), so
+  it only gets a fake kernel. These registrations run when this module is imported,
+  never inside a trace.
+* In eager mode :func:`adapt_op` and :func:`mlp_op` skip the custom-op layer (whose
+  Python dispatch costs tens of microseconds a call, which matters at small T) and
+  use plain ``autograd.Function``s around the same backend calls and the same
+  gradient formulas; under ``torch.compile`` they go through the registered ops.
 
-The backward ops return per-task gradients; the autograd formulas here reduce them
-over tasks (``sum(0)``, deterministic) where ``theta`` or ``lr`` were shared.
+The backward ops return per-task gradients; the formulas here reduce them over
+tasks (``sum(0)``, deterministic) where ``theta`` or ``lr`` were shared.
 
-In eager mode :func:`adapt_op` and :func:`mlp_op` skip the custom-op layer (whose
-Python dispatch costs tens of microseconds a call, which matters at small T) and
-use plain ``autograd.Function``s around the same backend calls and the same
-gradient formulas; under ``torch.compile`` they go through the registered ops.
+:func:`adapt`, :func:`meta_loss` and :func:`forward` run a problem validated by
+``metakern._validate`` (a :class:`metakern._contract.Problem`).
 """
 from __future__ import annotations
 
@@ -23,6 +34,7 @@ import torch
 from torch import Tensor
 
 from . import backends as _backends
+from ._contract import Problem, Reduction, is_compiling, pack_params, reduce_losses, split_sizes
 from .backends import torch_backend
 
 
@@ -45,13 +57,13 @@ def reduce_mlp_grads(theta, g_theta, g_x, needs):
 
 
 @torch.library.custom_op("metakern_py::adapt", mutates_args=())
-def adapt(theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims: List[int], steps: int, loss: int, act: int,
+def adapt_custom(theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims: List[int], steps: int, loss: int, act: int,
           first_order: bool, backend: str) -> Tensor:
     """``theta_K`` ``[T, P]`` after ``steps`` inner SGD steps (docs/kernels.md)."""
     return _backends.get(backend).adapt_fwd(theta, lr, x, y, dims, steps, loss, act)
 
 
-@adapt.register_fake
+@adapt_custom.register_fake
 def _(theta, lr, x, y, dims, steps, loss, act, first_order, backend):
     return theta.new_empty((x.shape[0], theta.shape[-1]))
 
@@ -83,16 +95,16 @@ def _adapt_grad(ctx, grad, bwd=None):
     return reduce_adapt_grads(theta, *g, ctx.needs_input_grad) + (None,) * 7
 
 
-adapt.register_autograd(_adapt_grad, setup_context=_adapt_setup)
+adapt_custom.register_autograd(_adapt_grad, setup_context=_adapt_setup)
 
 
 @torch.library.custom_op("metakern_py::mlp", mutates_args=())
-def mlp(theta: Tensor, x: Tensor, dims: List[int], act: int, backend: str) -> Tensor:
+def mlp_custom(theta: Tensor, x: Tensor, dims: List[int], act: int, backend: str) -> Tensor:
     """Batched MLP forward ``[T, N, O]`` with packed parameters."""
     return _backends.get(backend).mlp_fwd(theta, x, dims, act)
 
 
-@mlp.register_fake
+@mlp_custom.register_fake
 def _(theta, x, dims, act, backend):
     return x.new_empty((x.shape[0], x.shape[1], dims[-1]))
 
@@ -124,7 +136,7 @@ def _mlp_grad(ctx, grad_out, bwd=None):
     return reduce_mlp_grads(theta, g_theta, g_x, ctx.needs_input_grad) + (None,) * 3
 
 
-mlp.register_autograd(_mlp_grad, setup_context=_mlp_setup)
+mlp_custom.register_autograd(_mlp_grad, setup_context=_mlp_setup)
 
 
 # ------------------------------------------------------------------ eager fast path
@@ -160,20 +172,6 @@ class _MlpFn(torch.autograd.Function):
         return _mlp_grad(ctx, grad_out, _mlp_bwd_direct)
 
 
-def pack_params(params, per_task, T: int) -> Tensor:
-    """``[P]`` when every parameter is shared, else ``[T, P]`` (shared ones broadcast)."""
-    if not any(per_task):
-        return torch.cat([p.reshape(-1) for p in params])
-    return torch.cat([p.reshape(T, -1) if pt else p.reshape(1, -1).expand(T, -1)
-                      for p, pt in zip(params, per_task)], dim=1)
-
-
-def reduce_losses(losses: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return losses.mean()
-    return losses.sum() if reduction == "sum" else losses
-
-
 class _MamlFn(torch.autograd.Function):
     """The MAML objective from a backend's fused ``maml_fwd``, reduced over tasks.
 
@@ -204,12 +202,12 @@ class _MamlFn(torch.autograd.Function):
         g_theta, g_lr = ctx.saved_tensors
         dims, per_task, _, _, _, _, _, reduction = ctx.spec
         T = g_theta.shape[0]
-        w = g_out if reduction == "none" else (g_out / T if reduction == "mean" else g_out).expand(T)
+        w = g_out if reduction == Reduction.NONE else (g_out / T if reduction == Reduction.MEAN else g_out).expand(T)
         g_lr_in = w @ g_lr if ctx.needs_input_grad[1] else None
         needs = ctx.needs_input_grad[6:]
         if not any(needs):
             return (None, g_lr_in) + (None,) * (4 + len(needs))
-        sizes = torch_backend._split_sizes(tuple(dims))
+        sizes = split_sizes(tuple(dims))
         if not any(per_task):  # shared theta: one weighted sum over tasks, then views
             parts = (w @ g_theta).split(sizes)
             grads = [g.view(shape) for g, shape in zip(parts, ctx.shapes)]
@@ -231,7 +229,7 @@ def maml_op(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_
     and :func:`mlp_op` (also under ``torch.compile``, where those are registered ops).
     """
     b = _backends.get(backend)
-    fused = b.maml_fwd is not None and not _compiling()
+    fused = b.maml_fwd is not None and not is_compiling()
     if fused and not (torch.is_grad_enabled() and (xs.requires_grad or xq.requires_grad)):
         if b.maml_loss is not None:  # the same node, in C++
             return b.maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction)
@@ -243,21 +241,94 @@ def maml_op(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_
     return reduce_losses(losses, reduction)
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
 def adapt_op(theta, lr, x, y, dims, steps, loss, act, first_order, backend):
     """The fused adaptation with autograd: registered op when compiling, Function in eager mode."""
-    if _compiling():
-        return adapt(theta, lr, x, y, dims, steps, loss, act, first_order, backend)
+    if is_compiling():
+        return adapt_custom(theta, lr, x, y, dims, steps, loss, act, first_order, backend)
     return _AdaptFn.apply(theta, lr, x, y, dims, steps, loss, act, first_order, backend)
 
 
 def mlp_op(theta, x, dims, act, backend):
     """The fused batched MLP forward with autograd (see :func:`adapt_op`)."""
-    if _compiling():
-        return mlp(theta, x, dims, act, backend)
+    if is_compiling():
+        return mlp_custom(theta, x, dims, act, backend)
     if backend == "torch":  # plain ATen ops: autograd's own backward, no recompute
         return torch_backend.mlp_apply(theta, x, dims, act)
     return _MlpFn.apply(theta, x, dims, act, backend)
+
+
+# ------------------------------------------------------------------ a validated problem
+def adapt(p: Problem) -> Tensor:
+    """``theta_K`` ``[T, P]`` of a validated adaptation problem."""
+    theta = pack_params(p.params, p.per_task, p.xs.shape[0])
+    return adapt_op(theta, p.lr, p.xs, p.ys, list(p.dims), p.steps, p.loss, p.act, p.first_order, p.backend)
+
+
+def meta_loss(p: Problem) -> Tensor:
+    """The MAML objective of a validated problem with a query set."""
+    return maml_op(p.params, p.per_task, p.lr, p.xs, p.ys, p.xq, p.yq, p.dims, p.steps, p.loss, p.act,
+                   p.first_order, p.backend, p.reduction)
+
+
+def forward(theta: Tensor, x: Tensor, dims, act: int, backend: str) -> Tensor:
+    """The fused MLP forward of packed ``theta`` (``[P]`` or ``[T, P]``) on validated ``x``."""
+    return mlp_op(theta, x, list(dims), act, backend)
+
+
+# ------------------------------------------------------- the ops of metakern._C
+def _register_compiled_ops():
+    """Fake kernels and autograd formulas of ``torch.ops.metakern.*`` (see the module docstring)."""
+    ops = torch.ops.metakern
+
+    @torch.library.register_fake("metakern::adapt_fwd")
+    def _(theta, lr, x, y, dims, steps, loss, act):
+        return theta.new_empty((x.shape[0], theta.shape[-1]))
+
+    @torch.library.register_fake("metakern::adapt_bwd")
+    def _(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x):
+        return grad.new_empty(grad.shape), grad.new_empty(grad.shape), x.new_empty(x.shape)
+
+    @torch.library.register_fake("metakern::mlp_fwd")
+    def _(theta, x, dims, act):
+        return x.new_empty((x.shape[0], x.shape[1], dims[-1]))
+
+    @torch.library.register_fake("metakern::mlp_bwd")
+    def _(grad_out, theta, x, dims, act, need_x):
+        return x.new_empty((x.shape[0], theta.shape[-1])), x.new_empty(x.shape)
+
+    @torch.library.register_fake("metakern::maml_fwd")
+    def _(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
+        n = xs.shape[0] if need_grad else 0
+        n_lr = n if need_lr else 0
+        return theta.new_empty((xs.shape[0],)), theta.new_empty((n, theta.shape[-1])), theta.new_empty(
+            (n_lr, theta.shape[-1]))
+
+    def adapt_setup(ctx, inputs, output):
+        theta, lr, x, y, dims, steps, loss, act = inputs
+        ctx.save_for_backward(theta, lr, x, y)
+        ctx.args = (dims, steps, loss, act)
+
+    def adapt_grad(ctx, grad):
+        theta, lr, x, y = ctx.saved_tensors
+        dims, steps, loss, act = ctx.args
+        g = ops.adapt_bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, False, ctx.needs_input_grad[2])
+        return reduce_adapt_grads(theta, *g, ctx.needs_input_grad) + (None,) * 5
+
+    torch.library.register_autograd("metakern::adapt_fwd", adapt_grad, setup_context=adapt_setup)
+
+    def mlp_setup(ctx, inputs, output):
+        theta, x, dims, act = inputs
+        ctx.save_for_backward(theta, x)
+        ctx.args = (dims, act)
+
+    def mlp_grad(ctx, grad_out):
+        theta, x = ctx.saved_tensors
+        dims, act = ctx.args
+        g_theta, g_x = ops.mlp_bwd(grad_out.contiguous(), theta, x, dims, act, ctx.needs_input_grad[1])
+        return reduce_mlp_grads(theta, g_theta, g_x, ctx.needs_input_grad) + (None,) * 2
+
+    torch.library.register_autograd("metakern::mlp_fwd", mlp_grad, setup_context=mlp_setup)
+
+
+if _backends.load_extension()[0] is not None:
+    _register_compiled_ops()

@@ -24,7 +24,7 @@ def cmd_info(args) -> int:
         print(f"triton   {triton.__version__}")
     except ImportError:
         print("triton   not installed")
-    ext, err = backends._load_ext()
+    ext, err = backends.load_extension()
     if ext is not None and hasattr(ext, "build_info"):
         print(f"_C       {ext.build_info()}")
     print("backends:")

@@ -9,38 +9,62 @@ the fused path; any other ``nn.Module`` takes the generic torch.func path.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
 
-from . import functional as MF
+from . import _ops
+from . import _validate as V
 from . import generic
+from ._contract import LOSSES, Reduction, reduce_losses, unpack_params
 from .backends.torch_backend import loss_value
 from .nn import fused_spec
 
 
-def _check_batch(x, y, name_x="x", name_y="y"):
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name_x} must be a tensor [T, N, ...], got {type(x).__name__}")
-    if x.dim() < 3:
-        raise ValueError(f"{name_x} must have shape [T, N, ...] (tasks, points, features), got {tuple(x.shape)}")
-    if y is not None:
-        if not isinstance(y, Tensor):
-            raise TypeError(f"{name_y} must be a tensor, got {type(y).__name__}")
-        if tuple(y.shape[:2]) != tuple(x.shape[:2]):
-            raise ValueError(f"{name_y} must start with [T, N] = {tuple(x.shape[:2])} like {name_x}, "
-                             f"got {tuple(y.shape)}")
+def _plain(obj: nn.Module, name: str, value):
+    """Set an attribute that ``nn.Module`` does not track: not a submodule, parameter or
+    buffer, so ``parameters()``, ``state_dict()`` and ``.to()`` leave it alone."""
+    object.__setattr__(obj, name, value)
 
 
-def _check_lr_value(lr):
-    if isinstance(lr, bool) or not isinstance(lr, (numbers.Real, Tensor)):
-        raise TypeError(f"lr must be a float, got {type(lr).__name__}")
-    v = float(lr)
-    if not torch.isfinite(torch.tensor(v)):
-        raise ValueError(f"lr must be finite, got {v}")
-    return v
+class InnerRate:
+    """A learner's inner learning rate(s): how they are stored and how a call gets them.
+
+    ``kind``:
+
+    * ``"fixed"``: one rate, the buffer ``learner.lr`` (in the ``state_dict``, moved by
+      ``.to()``; changing it in place is seen by the next call);
+    * ``"learned"``: one rate, the parameter ``learner.lr``;
+    * ``"per_param"``: one rate per parameter element (Meta-SGD), the parameters
+      ``learner.lrs[i]`` shaped like the model's parameters.
+    """
+
+    KINDS = ("fixed", "learned", "per_param")
+
+    def __init__(self, kind: str):
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
+        self.kind = kind
+
+    def create(self, learner: nn.Module, model: nn.Module, lr: float):
+        """Register the rate tensors on ``learner``, initialised to ``lr``."""
+        ref = next(iter(model.parameters()))
+        dt = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
+        if self.kind == "per_param":
+            learner.lrs = nn.ParameterList([nn.Parameter(torch.full_like(p, lr)) for p in model.parameters()])
+        elif self.kind == "learned":
+            learner.lr = nn.Parameter(torch.tensor(lr, dtype=dt, device=ref.device))
+        else:
+            learner.register_buffer("lr", torch.tensor(lr, dtype=dt, device=ref.device))
+
+    def value(self, learner: nn.Module):
+        """The rates as the fused calls take them (``lr=``): a 0-dim tensor or a list."""
+        return list(learner.lrs) if self.kind == "per_param" else learner.lr
+
+    def per_parameter(self, learner: nn.Module, n: int) -> List[Tensor]:
+        """One rate tensor per model parameter (the generic path)."""
+        return list(learner.lrs) if self.kind == "per_param" else [learner.lr] * n
 
 
 class FastModel(nn.Module):
@@ -55,7 +79,7 @@ class FastModel(nn.Module):
         self.tasks = tasks
 
     def _check_input(self, x):
-        _check_batch(x, None)
+        V.check_batch(x, None)
         if x.shape[0] != self.tasks:
             raise ValueError(f"x has {x.shape[0]} tasks but this fast model was adapted on {self.tasks}")
 
@@ -67,20 +91,17 @@ class _FusedFast(FastModel):
 
     @property
     def params(self) -> List[Tensor]:
-        return MF.unpack_params(self.theta, self.dims)
+        return unpack_params(self.theta, self.dims)
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        if x.dim() != 3 or x.shape[-1] != self.dims[0] or x.dtype != self.theta.dtype:
-            raise ValueError(f"x must be [T, N, {self.dims[0]}] of dtype {self.theta.dtype}, "
-                             f"got {tuple(x.shape)} {x.dtype}")
-        return MF.forward_packed(self.theta, x, self.dims, self.act, self.backend)
+        x, name = V.packed_forward_call(self.theta, x, self.dims, self.backend)
+        return _ops.forward(self.theta, x, self.dims, self.act, name)
 
 
 class _GenericFast(FastModel):
     def __init__(self, module, params: Dict[str, Tensor], buffers, mode: str):
         super().__init__(tasks=next(iter(params.values())).shape[0])
-        self._module = [module]  # not a submodule: the fast model owns no meta-parameters
+        _plain(self, "_module", module)  # not a submodule: the fast model owns no meta-parameters
         self._params, self._buffers_d, self.mode = params, buffers, mode
 
     @property
@@ -90,7 +111,7 @@ class _GenericFast(FastModel):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         fn = generic.forward if self.mode == "vmap" else generic.forward_loop
-        return fn(self._module[0], self._params, self._buffers_d, x)
+        return fn(self._module, self._params, self._buffers_d, x)
 
 
 class MAML(nn.Module):
@@ -106,6 +127,9 @@ class MAML(nn.Module):
         backend: ``"auto"``, ``"torch"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
         generic_mode: for models the fused kernels do not cover: ``"vmap"``,
             ``"loop"`` or ``"auto"`` (see :mod:`metakern.generic`).
+        rate: how the inner rate is held (an :class:`InnerRate`; by default
+            ``"learned"`` with ``learn_lr``, else ``"fixed"``); subclasses such as
+            :class:`MetaSGD` pass their own.
 
     Example::
 
@@ -117,27 +141,23 @@ class MAML(nn.Module):
         >>> loss.backward()        # exact second-order meta-gradient
     """
 
-    _lr_mode = "scalar"
+    objective = "query loss"  # what meta_loss returns (train.meta_train reports it)
 
     def __init__(self, model: nn.Module, lr: float = 0.01, steps: int = 1, first_order: bool = False,
-                 loss: str = "mse", learn_lr: bool = False, backend: str = "auto", generic_mode: str = "auto"):
+                 loss: str = "mse", learn_lr: bool = False, backend: str = "auto", generic_mode: str = "auto", *,
+                 rate: Optional[InnerRate] = None):
         super().__init__()
         if generic_mode not in ("auto", "vmap", "loop"):
             raise ValueError(f"generic_mode must be 'auto', 'vmap' or 'loop', got {generic_mode!r}")
         self.generic_mode = generic_mode
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        lr = _check_lr_value(lr)
-        self.steps = MF._check_int("steps", steps, 0)
-        if not isinstance(first_order, bool):
-            raise TypeError(f"first_order must be a bool, got {type(first_order).__name__}")
-        MF._choice("loss", loss, MF.LOSSES)
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-        if backend != "auto":
-            from . import backends
-
-            backends.get(backend)  # validates the name
+        lr = V.check_real("lr", lr, tensors=True)
+        self.steps = V.check_int("steps", steps, 0)
+        V.check_bool("first_order", first_order)
+        V.check_bool("learn_lr", learn_lr)
+        V.choice("loss", loss, LOSSES)
+        V.check_backend(backend)
         self.module = model
         self.first_order, self.loss, self.backend = first_order, loss, backend
         spec, self.generic_reason = fused_spec(model)
@@ -145,39 +165,33 @@ class MAML(nn.Module):
         if self.fused:
             self.dims, self.activation = spec
             # the Linear layers in parameters() order; their weight/bias are read at each
-            # call (a plain list, not submodules: module.parameters() walks the module tree)
-            self.__dict__["_linears"] = [model] if isinstance(model, nn.Linear) else [
-                m for m in model if isinstance(m, nn.Linear)]
-        ref = next(iter(model.parameters()), None)
-        if ref is None:
+            # call (a plain list: module.parameters() walks the module tree)
+            _plain(self, "_linears", [model] if isinstance(model, nn.Linear) else [
+                m for m in model if isinstance(m, nn.Linear)])
+        if next(iter(model.parameters()), None) is None:
             raise ValueError("model has no parameters to meta-learn")
-        dt = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
-        if self._lr_mode == "per_param":
-            self.lrs = nn.ParameterList([nn.Parameter(torch.full_like(p, lr)) for p in model.parameters()])
-        elif learn_lr:
-            self.lr = nn.Parameter(torch.tensor(lr, dtype=dt, device=ref.device))
-        else:
-            self.register_buffer("lr", torch.tensor(lr, dtype=dt, device=ref.device))
-
-    # -- the inner learning rates, per parameter, in parameters() order
-    def _lr_list(self) -> List[Tensor]:
-        n = len(list(self.module.parameters()))
-        if self._lr_mode == "per_param":
-            return list(self.lrs)
-        return [self.lr] * n
+        _plain(self, "_rate", rate or InnerRate("learned" if learn_lr else "fixed"))
+        self._rate.create(self, model, lr)
 
     def forward(self, x: Tensor) -> Tensor:
         """The un-adapted model (the meta-learned initialisation)."""
         return self.module(x)
 
+    def _options(self, steps, first_order):
+        steps = self.steps if steps is None else V.check_int("steps", steps, 0)
+        first_order = self.first_order if first_order is None else V.check_bool("first_order", first_order)
+        return steps, first_order
+
     def adapt(self, x: Tensor, y: Tensor, steps: Optional[int] = None, first_order: Optional[bool] = None) -> FastModel:
         """Adapt to every task of the batch: ``x`` ``[T, N, ...]``, ``y`` ``[T, N, O]`` or ``[T, N]``."""
-        steps = self.steps if steps is None else MF._check_int("steps", steps, 0)
-        first_order = self.first_order if first_order is None else first_order
-        _check_batch(x, y)
-        if self.fused:
-            return self._adapt_fused(x, y, steps, first_order)
-        return self._adapt_generic(x, y, steps, first_order)
+        steps, first_order = self._options(steps, first_order)
+        V.check_batch(x, y)
+        if not self.fused:
+            return self._adapt_generic(x, y, steps, first_order)
+        p = V.adapt_problem(self._fused_params(), x, y, lr=self._rate.value(self), steps=steps, loss=self.loss,
+                            activation=self.activation, first_order=first_order, backend=self.backend,
+                            where="model parameters")
+        return _FusedFast(_ops.adapt(p), p.dims, p.act, self.backend)
 
     def meta_loss(self, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, reduction: str = "mean",
                   steps: Optional[int] = None, first_order: Optional[bool] = None) -> Tensor:
@@ -196,62 +210,31 @@ class MAML(nn.Module):
         >>> maml.meta_loss(xs, ys, xq, yq).backward()
         >>> opt.step()
         """
-        steps = self.steps if steps is None else MF._check_int("steps", steps, 0)
-        first_order = self.first_order if first_order is None else first_order
-        MF._check_reduction(reduction)
-        _check_batch(xs, ys, "xs", "ys")
-        _check_batch(xq, yq, "xq", "yq")
+        steps, first_order = self._options(steps, first_order)
+        red = V.check_reduction(reduction)
+        V.check_batch(xs, ys, "xs", "ys")
+        V.check_batch(xq, yq, "xq", "yq")
         if not self.fused:
-            return MF._reduce(self._query_losses(self._adapt_generic(xs, ys, steps, first_order)(xq), yq), reduction)
-        params, per_task, dims = self._checked(xs, ys)
-        MF._check_query(xq, xs)
-        MF._check_y(yq, xq, MF.LOSSES[self.loss], dims[-1], "yq", "xq")
-        lr = self._packed_lr(params, per_task, dims, xs)
-        return MF.maml_loss_validated(params, per_task, dims, lr, xs, ys, xq, yq, steps=steps,
-                                      loss=MF.LOSSES[self.loss], act=MF.ACTIVATIONS[self.activation],
-                                      first_order=first_order, backend=self.backend, reduction=reduction)
+            fast = self._adapt_generic(xs, ys, steps, first_order)
+            return reduce_losses(self._query_losses(fast(xq), yq), red)
+        p = V.maml_problem(self._fused_params(), xs, ys, xq, yq, lr=self._rate.value(self), steps=steps,
+                           loss=self.loss, activation=self.activation, first_order=first_order,
+                           backend=self.backend, reduction=reduction, where="model parameters")
+        return _ops.meta_loss(p)
+
+    def _fused_params(self) -> List[Tensor]:
+        # as m.weight, m.bias, without nn.Module.__getattr__
+        return [m._parameters[n] for m in self._linears for n in ("weight", "bias")]
 
     def _query_losses(self, pred: Tensor, yq: Tensor) -> Tensor:
         """Per-task mean losses ``[T]`` of predictions ``[T, N, O]`` (generic path)."""
         if pred.dim() != 3:
             raise ValueError(f"meta_loss needs model outputs [T, N, O], got {tuple(pred.shape)}")
-        return loss_value(pred, yq, MF.LOSSES[self.loss])
-
-    def _checked(self, x, y):
-        """Validate a support batch for the fused path; ``(params, per_task, dims)``."""
-        params = [m._parameters[n] for m in self._linears for n in ("weight", "bias")]  # as m.weight, without __getattr__
-        MF._check_x(x)
-        dims, per_task = MF.check_params(params, x, where="model parameters")
-        MF._check_y(y, x, MF.LOSSES[self.loss], dims[-1])
-        return params, per_task, dims
-
-    def _packed_lr(self, params, per_task, dims, x) -> Tensor:
-        """The inner rates, one per packed element. A fixed rate (a CPU buffer) is packed
-        once per value (its value is the cache key: in-place changes, ``.data``
-        included, are seen; reading it is free on the CPU, a sync on a GPU, where it
-        is packed every call)."""
-        if self._lr_mode == "per_param" or self.lr.requires_grad or self.lr.device.type != "cpu":
-            shapes = MF._shared_shapes(params, per_task)
-            return MF._pack_lr(list(self.lrs) if self._lr_mode == "per_param" else self.lr, shapes, x)
-        # the shapes without a task axis follow from the (validated) layer widths alone
-        key = (float(self.lr), self.lr.dtype, x.dtype, x.device, dims)
-        cached = self.__dict__.get("_lr_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, MF._pack_lr(self.lr, MF._shared_shapes(params, per_task), x))
-            self.__dict__["_lr_cache"] = cached
-        return cached[1]
-
-    def _adapt_fused(self, x, y, steps, first_order):
-        params, per_task, dims = self._checked(x, y)
-        theta, lr_p = MF._pack_params(params, per_task, x.shape[0]), self._packed_lr(params, per_task, dims, x)
-        thetaK, _ = MF.adapt_packed(theta, dims, lr_p, x, y, steps=steps, loss=MF.LOSSES[self.loss],
-                                    act=MF.ACTIVATIONS[self.activation], first_order=first_order,
-                                    backend=self.backend)
-        return _FusedFast(thetaK, dims, MF.ACTIVATIONS[self.activation], self.backend)
+        return loss_value(pred, yq, LOSSES[self.loss])
 
     def _adapt_generic(self, x, y, steps, first_order):
         named = dict(self.module.named_parameters())
-        lrs = dict(zip(named, self._lr_list()))
+        lrs = dict(zip(named, self._rate.per_parameter(self, len(named))))
         buffers = dict(self.module.named_buffers())
         if self.loss == "cross_entropy" and y.dtype != torch.int64:
             raise TypeError(f"y for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
@@ -279,21 +262,22 @@ class MetaSGD(MAML):
     [(40, 1), (40,)]
     """
 
-    _lr_mode = "per_param"
-
     def __init__(self, model: nn.Module, lr: float = 0.01, steps: int = 1, first_order: bool = False,
                  loss: str = "mse", backend: str = "auto"):
         super().__init__(model, lr=lr, steps=steps, first_order=first_order, loss=loss, learn_lr=True,
-                         backend=backend)
+                         backend=backend, rate=InnerRate("per_param"))
 
 
 class Reptile(MAML):
     """Reptile (Nichol et al., 2018): the meta-gradient is ``theta - mean_t theta_t``.
 
-    ``meta_loss(x, y)`` adapts every task without building a graph and returns the
-    surrogate ``0.5 * ||theta - stop_grad(mean_t theta_t)||^2`` whose gradient is
-    exactly the Reptile direction; step any optimizer on it (plain SGD with rate
-    ``epsilon`` gives the original update ``theta += epsilon (mean_t theta_t - theta)``).
+    ``meta_loss(xs, ys)`` adapts every task on its support set without building a
+    graph and returns the surrogate ``0.5 * ||theta - stop_grad(mean_t theta_t)||^2``
+    whose gradient is exactly the Reptile direction; step any optimizer on it (plain
+    SGD with rate ``epsilon`` gives the original update
+    ``theta += epsilon (mean_t theta_t - theta)``). It takes the arguments of
+    :meth:`MAML.meta_loss`; Reptile does not use a query set, so ``xq`` and ``yq``
+    may be left out (given, they are ignored).
 
     >>> import torch, metakern as mk
     >>> rep = mk.Reptile(mk.MLP(1, [40, 40], 1), lr=0.02, steps=5)
@@ -304,11 +288,23 @@ class Reptile(MAML):
     def __init__(self, model: nn.Module, lr: float = 0.02, steps: int = 5, loss: str = "mse", backend: str = "auto"):
         super().__init__(model, lr=lr, steps=steps, first_order=True, loss=loss, learn_lr=False, backend=backend)
 
-    def meta_loss(self, x: Tensor, y: Tensor, steps: Optional[int] = None) -> Tensor:
+    objective = "reptile surrogate"
+
+    def meta_loss(self, xs: Tensor, ys: Tensor, xq: Optional[Tensor] = None, yq: Optional[Tensor] = None,
+                  reduction: str = "mean", steps: Optional[int] = None, first_order: Optional[bool] = None) -> Tensor:
+        """The Reptile surrogate of the batch (see the class docstring); one value for the
+        whole batch, so ``reduction`` is ``"mean"`` (``"sum"`` scales it by ``T``)."""
+        red = V.check_reduction(reduction)
+        if red == Reduction.NONE:
+            raise ValueError("reduction='none' is not defined for Reptile: its surrogate is one value for the "
+                             "batch; use 'mean' or 'sum'")
+        if first_order is not None and V.check_bool("first_order", first_order) is False:
+            raise ValueError("Reptile is first order by construction: pass first_order=None or True")
         with torch.no_grad():
-            fast = self.adapt(x, y, steps=steps)
+            fast = self.adapt(xs, ys, steps=steps)
             targets = [p.mean(0) for p in fast.params]
-        return 0.5 * sum(((p - t) ** 2).sum() for p, t in zip(self.module.parameters(), targets))
+        out = 0.5 * sum(((p - t) ** 2).sum() for p, t in zip(self.module.parameters(), targets))
+        return out * xs.shape[0] if red == Reduction.SUM else out
 
 
 class ANIL(nn.Module):
@@ -326,6 +322,8 @@ class ANIL(nn.Module):
     torch.Size([4, 10, 1])
     """
 
+    objective = "query loss"
+
     def __init__(self, body: nn.Module, head: nn.Module, lr: float = 0.1, steps: int = 1, first_order: bool = False,
                  loss: str = "mse", learn_lr: bool = False, backend: str = "auto"):
         super().__init__()
@@ -337,7 +335,7 @@ class ANIL(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Body features ``[T, N, F]`` of ``x`` ``[T, N, ...]``."""
-        _check_batch(x, None)
+        V.check_batch(x, None)
         T, N = x.shape[:2]
         f = self.body(x.reshape(T * N, *x.shape[2:]))
         return f.reshape(T, N, -1)
@@ -359,7 +357,7 @@ class ANIL(nn.Module):
 class _ANILFast(FastModel):
     def __init__(self, anil: ANIL, head_fast: FastModel):
         super().__init__(tasks=head_fast.tasks)
-        self._anil = [anil]
+        _plain(self, "_anil", anil)  # not a submodule: the fast model owns no meta-parameters
         self.head = head_fast
 
     @property
@@ -367,4 +365,4 @@ class _ANILFast(FastModel):
         return self.head.params
 
     def forward(self, x):
-        return self.head(self._anil[0].features(x))
+        return self.head(self._anil.features(x))

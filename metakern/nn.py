@@ -7,8 +7,18 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-_ACT_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Identity: "identity"}
-_ACT_FACTORY = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+from ._contract import ACTIVATIONS, Act
+
+# the module of each activation code (one per contract.Act member)
+_ACT_CLASS = {Act.IDENTITY: nn.Identity, Act.RELU: nn.ReLU, Act.TANH: nn.Tanh, Act.SIGMOID: nn.Sigmoid}
+_ACT_NAME = {_ACT_CLASS[a]: name for name, a in ACTIVATIONS.items()}
+
+
+def activation_module(name: str) -> nn.Module:
+    """A new activation module for an activation name (``"relu"``, ``"tanh"``, ...)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {name!r}")
+    return _ACT_CLASS[ACTIVATIONS[name]]()
 
 
 class MLP(nn.Sequential):
@@ -31,8 +41,8 @@ class MLP(nn.Sequential):
 
     def __init__(self, in_features: int, hidden: Union[int, Sequence[int], None], out_features: int,
                  activation: str = "relu"):
-        if activation not in _ACT_FACTORY:
-            raise ValueError(f"activation must be one of {tuple(_ACT_FACTORY)}, got {activation!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
         if hidden is None:
             hidden = []
         elif isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
@@ -47,7 +57,7 @@ class MLP(nn.Sequential):
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(int(a), int(b)))
             if i < len(widths) - 2:
-                layers.append(_ACT_FACTORY[activation]())
+                layers.append(activation_module(activation))
         super().__init__(*layers)
         self.activation = activation
         self.dims = tuple(int(w) for w in widths)
@@ -84,7 +94,7 @@ def fused_spec(model: nn.Module) -> Tuple[Optional[Tuple[Tuple[int, ...], str]],
             dims.append(m.out_features)
             expect_linear = False
         else:
-            kind = _ACT_MODULES.get(type(m))
+            kind = _ACT_NAME.get(type(m))
             if kind is None:
                 return None, f"unsupported module {type(m).__name__} between layers"
             if act is not None and kind != act:

@@ -18,43 +18,15 @@ Samplers also carry ``in_features``, ``out_features`` and ``loss`` (``"mse"`` or
 * :func:`make_task` -- build one of the above by name.
 """
 import math
-import numbers
 
 import torch
+
+from ._validate import check_int, check_range, check_real
 
 __all__ = ["Sinusoid", "LinearRegression", "FewShotClassification", "digits", "make_task"]
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def _int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}; pass an int >= {minimum}")
-    return value
-
-
-def _real(name, value, minimum=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}; pass a finite number")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}; pass a number >= {minimum}")
-    return value
-
-
-def _range(name, value, minimum=None):
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
-    low, high = _real(f"{name}[0]", value[0], minimum), _real(f"{name}[1]", value[1], minimum)
-    if low > high:
-        raise ValueError(f"{name} must have low <= high, got {value!r}; swap the two ends")
-    return (low, high)
 
 
 def _generator(generator):
@@ -74,7 +46,7 @@ def _generator(generator):
 
 
 def _sample_args(batch_size, generator, device, dtype):
-    batch_size = _int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     generator = _generator(generator)
     if device is not None:
         if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
@@ -124,11 +96,11 @@ class Sinusoid:
     loss = "mse"
 
     def __init__(self, shots=10, queries=10, amplitude=(0.1, 5.0), phase=(0.0, math.pi), x_range=(-5.0, 5.0)):
-        self.shots = _int("shots", shots)
-        self.queries = _int("queries", queries)
-        self.amplitude = _range("amplitude", amplitude, minimum=0.0)
-        self.phase = _range("phase", phase)
-        self.x_range = _range("x_range", x_range)
+        self.shots = check_int("shots", shots, 1)
+        self.queries = check_int("queries", queries, 1)
+        self.amplitude = check_range("amplitude", amplitude, minimum=0.0)
+        self.phase = check_range("phase", phase)
+        self.x_range = check_range("x_range", x_range)
 
     def sample(self, batch_size, generator=None, device=None, dtype=torch.float32):
         """Return ``(x_support, y_support, x_query, y_query)`` for ``batch_size`` tasks."""
@@ -168,12 +140,12 @@ class LinearRegression:
     loss = "mse"
 
     def __init__(self, in_features=10, out_features=1, shots=10, queries=10, noise=0.0, weight_scale=1.0):
-        self.in_features = _int("in_features", in_features)
-        self.out_features = _int("out_features", out_features)
-        self.shots = _int("shots", shots)
-        self.queries = _int("queries", queries)
-        self.noise = _real("noise", noise, minimum=0.0)
-        self.weight_scale = _real("weight_scale", weight_scale, minimum=0.0)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
+        self.shots = check_int("shots", shots, 1)
+        self.queries = check_int("queries", queries, 1)
+        self.noise = check_real("noise", noise, minimum=0.0)
+        self.weight_scale = check_real("weight_scale", weight_scale, minimum=0.0)
 
     def sample(self, batch_size, generator=None, device=None, dtype=torch.float32):
         """Return ``(x_support, y_support, x_query, y_query)`` for ``batch_size`` tasks."""
@@ -212,7 +184,7 @@ def _class_ids(classes):
     elif isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
         raise TypeError(f"classes must be a sequence of int class ids or None, got {type(classes).__name__}")
     else:
-        ids = [_int(f"classes[{i}]", c, minimum=None) for i, c in enumerate(classes)]
+        ids = [check_int(f"classes[{i}]", c, minimum=None) for i, c in enumerate(classes)]
     if not ids:
         raise ValueError("classes is empty; pass at least `ways` class ids, or None for all classes")
     if len(set(ids)) != len(ids):
@@ -267,9 +239,9 @@ class FewShotClassification:
         if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
             raise ValueError(f"labels must have shape [M] = [{features.shape[0]}] to match features, "
                              f"got {tuple(labels.shape)}; pass one label per row of features")
-        self.ways = _int("ways", ways)
-        self.shots = _int("shots", shots)
-        self.queries = _int("queries", queries)
+        self.ways = check_int("ways", ways, 1)
+        self.shots = check_int("shots", shots, 1)
+        self.queries = check_int("queries", queries, 1)
         self.features = features
         self.labels = labels.detach().to("cpu", torch.int64)
         present = torch.unique(self.labels).tolist()
@@ -301,7 +273,7 @@ class FewShotClassification:
         """Draw episodes as indices into ``features``: ``(support [T, ways*shots], query [T, ways*queries],
         task_classes [T, ways])``, int64 on the CPU; ``task_classes[t, k]`` is the original class id given label ``k``.
         :meth:`sample` uses exactly these draws."""
-        T = _int("batch_size", batch_size)
+        T = check_int("batch_size", batch_size, 1)
         g = _generator(generator)
         f64 = torch.float64
         W, need, width = self.ways, self.shots + self.queries, self._members.shape[1]
@@ -335,7 +307,7 @@ class FewShotClassification:
         still hold at least ``ways`` classes.
         """
         C = len(self.classes)
-        n = _int("n_train_classes", n_train_classes)
+        n = check_int("n_train_classes", n_train_classes, 1)
         if n >= C:
             raise ValueError(f"n_train_classes must be < the {C} classes available, got {n}; "
                              "leave at least one class for the second split")

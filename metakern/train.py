@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .learners import ANIL, MAML, MetaSGD, Reptile
-from .nn import MLP
+from .nn import MLP, activation_module
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "anil")
 
@@ -23,7 +23,7 @@ def build_learner(algo: str, task, *, hidden=(40, 40), inner_lr: float = 0.01, s
     D, O, loss = task.in_features, task.out_features, task.loss
     if algo == "anil":
         body = MLP(D, list(hidden[:-1]), hidden[-1], activation=activation) if len(hidden) > 1 else nn.Identity()
-        body = nn.Sequential(body, _ACT[activation]()) if len(hidden) > 1 else body
+        body = nn.Sequential(body, activation_module(activation)) if len(hidden) > 1 else body
         feat = hidden[-1] if len(hidden) > 1 else D
         return ANIL(body, nn.Linear(feat, O), lr=inner_lr, steps=steps, loss=loss, backend=backend)
     model = MLP(D, list(hidden), O, activation=activation)
@@ -34,19 +34,13 @@ def build_learner(algo: str, task, *, hidden=(40, 40), inner_lr: float = 0.01, s
     return MAML(model, lr=inner_lr, steps=steps, first_order=(algo == "fomaml"), loss=loss, backend=backend)
 
 
-_ACT = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
-
-
 def meta_step(learner: nn.Module, opt: torch.optim.Optimizer, batch) -> float:
-    """One meta-iteration: adapt every task, query loss, meta-gradient, optimizer step."""
+    """One meta-iteration: adapt every task, meta-loss, meta-gradient, optimizer step.
+
+    Returns the value of ``learner.meta_loss`` (what it is: ``learner.objective``)."""
     xs, ys, xq, yq = batch
     opt.zero_grad(set_to_none=True)
-    if isinstance(learner, Reptile):
-        out = learner.meta_loss(xs, ys)
-        out.backward()
-        opt.step()
-        return float("nan")
-    out = learner.meta_loss(xs, ys, xq, yq)  # the mean query loss of the adapted models
+    out = learner.meta_loss(xs, ys, xq, yq)
     out.backward()
     opt.step()
     return out.item()
@@ -70,14 +64,13 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
     for it in range(iterations):
         batch = task.sample(meta_batch, generator, device=device, dtype=dtype)
         val = meta_step(learner, opt, batch)
-        if not math.isnan(val):
-            running = val if running is None else 0.98 * running + 0.02 * val
+        running = val if running is None else 0.98 * running + 0.02 * val
         if (it + 1) % log_every == 0:
             history.append((it + 1, running))
         if bar is not None:
             bar.update(1)
             if running is not None and (it + 1) % 50 == 0:
-                bar.set_postfix(query_loss=f"{running:.3f}")
+                bar.set_postfix({getattr(learner, "objective", "meta-loss"): f"{running:.3f}"})
     if bar is not None:
         bar.close()
     return history

@@ -6,7 +6,7 @@ representation of ``docs/kernels.md``: ``theta`` is ``[P]`` (shared) or ``[T, P]
 
 Everything here runs without autograd: the forward pass keeps nothing, the
 backward pass recomputes the inner trajectory ``theta_0 .. theta_{K-1}`` and runs
-the reverse pass of DESIGN §3 with exact Hessian-vector products obtained from one
+the reverse pass of ``docs/kernels.md`` with exact Hessian-vector products obtained from one
 forward-over-reverse (R-operator) sweep through the MLP. The kernels in ``csrc/``
 and ``metakern/triton`` mirror these functions stage by stage.
 
@@ -18,32 +18,19 @@ Notation (per task; ``a_0 = x``; layer ``l = 1..L``):
 """
 from __future__ import annotations
 
-import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-# Integer codes shared with the compiled kernels (docs/kernels.md).
-ACT_IDENTITY, ACT_RELU, ACT_TANH, ACT_SIGMOID = 0, 1, 2, 3
-LOSS_MSE, LOSS_CE = 0, 1
+from .._contract import Act, Loss, unpack_params
+
+# plain ints: compared on every call of the stages below
+ACT_IDENTITY, ACT_RELU, ACT_TANH, ACT_SIGMOID = (int(a) for a in (Act.IDENTITY, Act.RELU, Act.TANH, Act.SIGMOID))
+LOSS_MSE, LOSS_CE = int(Loss.MSE), int(Loss.CROSS_ENTROPY)
 
 
 # ----------------------------------------------------------------------------- layout
-def layer_slices(dims: Sequence[int]) -> List[Tuple[int, int, int, int]]:
-    """Offsets of each layer in the packed vector: ``(w_off, b_off, out, in)``."""
-    out, off = [], 0
-    for d_in, d_out in zip(dims[:-1], dims[1:]):
-        out.append((off, off + d_out * d_in, d_out, d_in))
-        off += d_out * (d_in + 1)
-    return out
-
-
-def num_params(dims: Sequence[int]) -> int:
-    """``P = sum_l d_l (d_{l-1} + 1)``."""
-    return sum(o * (i + 1) for i, o in zip(dims[:-1], dims[1:]))
-
-
 def unpack(theta: Tensor, dims: Sequence[int], T: int) -> Tuple[List[Tensor], List[Tensor]]:
     """Views ``W_l`` and ``b_l`` of packed ``theta``.
 
@@ -51,10 +38,8 @@ def unpack(theta: Tensor, dims: Sequence[int], T: int) -> Tuple[List[Tensor], Li
     one (``[P]``) gives ``[out, in]`` and ``[out]``, which the stages below apply to
     all ``T * N`` points in one matrix product instead of ``T`` small ones.
     """
-    pieces = theta.split(_split_sizes(tuple(dims)), dim=-1)
-    lead = theta.shape[:-1]
-    Ws = [pieces[2 * l].view(*lead, o, i) for l, (i, o) in enumerate(zip(dims[:-1], dims[1:]))]
-    return Ws, list(pieces[1::2])
+    ps = unpack_params(theta, dims)
+    return ps[0::2], ps[1::2]
 
 
 def linear(a: Tensor, W: Tensor, b: Tensor) -> Tensor:
@@ -76,14 +61,6 @@ def add_matmul_wt_(acc: Tensor, a: Tensor, W: Tensor) -> Tensor:
         return acc.baddbmm_(a, W.transpose(1, 2))
     acc.view(-1, acc.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), W.t())
     return acc
-
-
-@functools.lru_cache(maxsize=64)
-def _split_sizes(dims: Tuple[int, ...]) -> List[int]:
-    sizes = []
-    for i, o in zip(dims[:-1], dims[1:]):
-        sizes += [o * i, o]
-    return sizes
 
 
 def pack(Ws: Sequence[Tensor], bs: Sequence[Tensor]) -> Tensor:
@@ -266,7 +243,7 @@ def adapt_fwd(theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims, steps: int,
 @torch.no_grad()
 def adapt_bwd(grad: Tensor, theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims, steps: int, loss: int,
               act: int, first_order: bool, need_x: bool):
-    """Reverse pass of DESIGN §3 with ``v_K = grad``; returns per-task ``(v_0, g_lr, g_x)``.
+    """Reverse pass of ``docs/kernels.md`` with ``v_K = grad``; returns per-task ``(v_0, g_lr, g_x)``.
 
     For ``k = K-1 .. 0``: ``u = lr * v_{k+1}``; ``g_lr -= g_k * v_{k+1}``; second order:
     ``v_k = v_{k+1} - H_k u`` and ``g_x -= R{delta_0}``.
@@ -329,7 +306,7 @@ def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: 
         return losses, none, none
     d_out, _ = loss_grad(out, yq, loss)
     dWs, dbs, _, _, _ = backprop(Ws, acts, d_out, act, need_x=False)
-    v = pack(dWs, dbs)  # per task: the deltas are
+    v = pack(dWs, dbs)  # v_K = dl_t/dtheta_K, per task
     if first_order:
         if not need_lr:
             return losses, v, none

@@ -73,8 +73,8 @@ def _mm_nn(a, b, DOT: tl.constexpr, PREC: tl.constexpr):
     else:
         # b first: Triton's combine pass rewrites sum(a[:, :, None] * b[None, :, :], 1)
         # (a first) into tt.dot, whatever K is (K = 1 included) and, in Triton 3.6, at
-        # TF32 precision; on an H200 that gave wrong gradients (bench/NOTES.md, v2).
-        # The product is the same in either order.
+        # TF32 precision, which is not accurate enough for these gradients. The
+        # product is the same in either order.
         out = tl.sum(b[None, :, :] * a[:, :, None], axis=1)
     return out
 

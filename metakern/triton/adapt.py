@@ -11,8 +11,10 @@ Integers: loss 0 = MSE, 1 = cross-entropy; act 0 = identity, 1 = relu, 2 = tanh,
 with grid ``(T,)``); the kernels and their math live in ``_kernels.py``. Every output
 is per task and contiguous; the caller sums over tasks where theta/lr were shared.
 
-``SUPPORTED`` states every limit of the kernels and ``why_not(...)`` lists the reasons
-a given call cannot run here (an empty list means it can). On a machine without a GPU
+``SUPPORTED`` states every limit of the kernels; ``limits(...)`` lists the reasons a
+model and batch size cannot run here (the backend asks it), ``why_not(...)`` those of
+a given call with its tensors (the public launchers check it; the backend binds the
+``*_unchecked`` launchers, after validation). On a machine without a GPU
 the kernels run on CPU tensors under Triton's interpreter, which must be enabled with
 ``TRITON_INTERPRET=1`` before this module (and triton) is imported.
 """
@@ -20,21 +22,23 @@ import operator
 
 import torch
 
+from .._contract import LOSSES, num_params
+
 try:
     import triton
 
     from . import _kernels
 
     HAS_TRITON = True
-    _IMPORT_ERROR = None
+    IMPORT_ERROR = None
 except Exception as exc:  # ImportError, or a broken triton install
     triton = None
     _kernels = None
     HAS_TRITON = False
-    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+    IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 
-def _interpreted():
+def interpreted():
     """True when the kernels were created by Triton's interpreter (TRITON_INTERPRET=1 at import)."""
     return HAS_TRITON and type(_kernels._adapt_fwd_kernel).__name__ == "InterpretedFunction"
 
@@ -45,14 +49,12 @@ MAX_LAYERS = 4
 # Largest [BN, B_l, B_{l-1}] block multiplied by broadcast-and-sum; above it, tl.dot.
 BROADCAST_MAX = 4096
 # On-chip budget of one program, in padded fp32 elements: weights sum_l B_l * B_{l-1}
-# plus activations BN * sum_l B_l. Compiled for sm_90 (ptxas 12.9, Triton 3.8, no GPU
-# needed), the second-order backward, the largest kernel, needs about 8.5 bytes of
-# shared memory per weight element and 6.5 per activation element for layout
-# conversions. At the budget's edge: dims (64,)*5 at N=16: 168 KB; (8, 64, 64, 64, 8)
-# at N=64: 188 KB; (32,)*5 at N=128: 176 KB; all under the 227 KB an H100/H200 block
-# can have. (An A100 has 163 KB: configurations near the budget may not launch there;
-# the launchers then raise ValueError.) Compile time grows with the budget too: up to
-# ~2.5 min for the edge cases above (2-core CPU), seconds for the sine-wave MLP.
+# plus activations BN * sum_l B_l. The second-order backward, the largest kernel,
+# needs about 8.5 bytes of shared memory per weight element and 6.5 per activation
+# element for layout conversions, so configurations at the budget's edge stay under
+# the 227 KB of shared memory an H100/H200 block can have (measurements: bench/NOTES.md,
+# "Notes moved from code comments (triton)"). Where a compiled kernel does not fit a
+# GPU, the launchers raise ValueError.
 ONCHIP_MAX = 24576
 
 SUPPORTED = {
@@ -73,15 +75,8 @@ SUPPORTED = {
     "precision": "IEEE fp32 products by default; TF32 tl.dot only with allow_tf32=True",
 }
 
-_LOSS_NAMES = {0: "mse", 1: "cross-entropy"}
-
-
 def _next_pow2(n):
     return 1 << (int(n) - 1).bit_length() if n > 1 else 1
-
-
-def _param_count(dims):
-    return sum(dims[l] * (dims[l - 1] + 1) for l in range(1, len(dims)))
 
 
 def onchip_elements(dims, N):
@@ -91,31 +86,67 @@ def onchip_elements(dims, N):
     return sum(B[l] * B[l - 1] for l in range(1, len(B))) + cfg.BN * sum(B)
 
 
-def why_not(theta, x, dims, lr=None, y=None, grad=None, grad_out=None, steps=0, loss=0, act=0):
-    """Reasons the Triton kernels cannot run this call (empty list: they can).
+def _device_reason(device_type):
+    """Why the kernels cannot run on this device type, or None."""
+    if device_type == "cuda":
+        return None
+    if device_type == "cpu":
+        if HAS_TRITON and not interpreted():
+            return ("CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing "
+                    "metakern.triton (or use a CUDA device)")
+        return None
+    return f"device {device_type} is not supported by the triton kernels (CUDA only)"
 
-    theta [P] or [T, P], x [T, N, D], dims; optionally lr [P], y (MSE [T, N, O] float,
-    CE [T, N] int64), grad [T, P] (adapt_bwd), grad_out [T, N, O] (mlp_bwd), steps,
-    loss and act as the launchers take them.
-    """
+
+def limits(device_type, dtype, dims, points):
+    """Reasons the kernels cannot run a model of widths ``dims`` on ``points`` points per
+    task, ``dtype`` tensors on ``device_type`` (empty list: they can). Every limit of
+    ``SUPPORTED`` that does not need the tensors themselves; ``dtype`` or
+    ``device_type`` ``None`` skips that check (:func:`why_not` checks each tensor's)."""
     reasons = []
     if not HAS_TRITON:
-        reasons.append(f"triton is not importable ({_IMPORT_ERROR})")
-
-    # architecture
-    try:
-        dims = [int(d) for d in dims]
-    except (TypeError, ValueError):
-        return reasons + [f"dims must be a sequence of ints, got {dims!r}"]
+        reasons.append(f"triton is not importable ({IMPORT_ERROR})")
+    if device_type is not None:
+        why = _device_reason(device_type)
+        if why:
+            reasons.append(why)
+    if dtype is not None and dtype not in SUPPORTED["dtypes"]:
+        reasons.append(f"dtype {dtype}: the triton kernels support float32 only")
     L = len(dims) - 1
     if not 1 <= L <= MAX_LAYERS:
         reasons.append(f"dims has {len(dims)} entries ({L} layers); the triton kernels support 1..{MAX_LAYERS} "
                        f"layers (len(dims) in 2..{MAX_LAYERS + 1})")
     if any(d < 1 for d in dims):
-        reasons.append(f"dims {dims} has a width below 1")
+        reasons.append(f"dims {list(dims)} has a width below 1")
     if any(d > MAX_WIDTH for d in dims):
-        reasons.append(f"dims {dims} has a width above {MAX_WIDTH}, the triton kernels' limit "
+        reasons.append(f"dims {list(dims)} has a width above {MAX_WIDTH}, the triton kernels' limit "
                        f"(weights and activations are kept in registers)")
+    if points < 1:
+        reasons.append("N = 0 points per task; the losses need N >= 1")
+    if points > MAX_POINTS:
+        reasons.append(f"N = {points} points per task is above the triton kernels' limit of {MAX_POINTS}")
+    if 1 <= L <= MAX_LAYERS and all(1 <= d <= MAX_WIDTH for d in dims) and 1 <= points <= MAX_POINTS:
+        size = onchip_elements(dims, points)
+        if size > ONCHIP_MAX:
+            reasons.append(f"dims {list(dims)} with N = {points} points need {size} padded on-chip elements per "
+                           f"task, above the triton kernels' budget of {ONCHIP_MAX} (fewer points or narrower "
+                           "layers)")
+    return reasons
+
+
+def why_not(theta, x, dims, lr=None, y=None, grad=None, grad_out=None, steps=0, loss=0, act=0):
+    """Reasons the Triton kernels cannot run this call (empty list: they can).
+
+    theta [P] or [T, P], x [T, N, D], dims; optionally lr [P], y (MSE [T, N, O] float,
+    CE [T, N] int64), grad [T, P] (adapt_bwd), grad_out [T, N, O] (mlp_bwd), steps,
+    loss and act as the launchers take them. :func:`limits` plus the checks of the
+    tensors themselves.
+    """
+    reasons = []
+    try:
+        dims = [int(d) for d in dims]
+    except (TypeError, ValueError):
+        return [f"dims must be a sequence of ints, got {dims!r}"]
     if loss not in (0, 1):
         reasons.append(f"loss={loss!r}: must be 0 (mse) or 1 (cross-entropy)")
     if act not in (0, 1, 2, 3):
@@ -146,35 +177,20 @@ def why_not(theta, x, dims, lr=None, y=None, grad=None, grad_out=None, steps=0, 
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         reasons.append(f"tensors are on different devices: {sorted(str(d) for d in devices)}")
-    for dev in devices:
-        if dev.type == "cuda":
-            continue
-        if dev.type == "cpu":
-            if HAS_TRITON and not _interpreted():
-                reasons.append("CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing "
-                               "metakern.triton (or use a CUDA device)")
-        else:
-            reasons.append(f"device {dev} is not supported by the triton kernels (CUDA only)")
+    for why in sorted({_device_reason(dev.type) for dev in devices} - {None}):
+        reasons.append(why)
 
     # shapes
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         reasons.append(f"x must be [T, N, D], got shape {tuple(getattr(x, 'shape', ()))}")
-        return reasons
+        return limits(None, None, dims, 1) + reasons
     T, N, D = x.shape
+    reasons = limits(None, None, dims, N) + reasons
     if dims and D != dims[0]:
         reasons.append(f"x has {D} features but dims[0] = {dims[0]}")
-    if N < 1:
-        reasons.append("x has N = 0 points per task; the losses need N >= 1")
-    if N > MAX_POINTS:
-        reasons.append(f"x has N = {N} points per task, above the triton kernels' limit of {MAX_POINTS}")
-    if 1 <= L <= MAX_LAYERS and all(1 <= d <= MAX_WIDTH for d in dims) and 1 <= N <= MAX_POINTS:
-        size = onchip_elements(dims, N)
-        if size > ONCHIP_MAX:
-            reasons.append(f"dims {dims} with N = {N} points need {size} padded on-chip elements per task, above "
-                           f"the triton kernels' budget of {ONCHIP_MAX} (fewer points or narrower layers)")
     if T > SUPPORTED["tasks"][1]:
         reasons.append(f"T = {T} tasks is above the grid limit {SUPPORTED['tasks'][1]}")
-    P = _param_count(dims) if dims else 0
+    P = num_params(dims) if dims else 0
     O = dims[-1] if dims else 0
     if isinstance(theta, torch.Tensor):
         if not (tuple(theta.shape) == (P,) or tuple(theta.shape) == (T, P)):
@@ -188,7 +204,8 @@ def why_not(theta, x, dims, lr=None, y=None, grad=None, grad_out=None, steps=0, 
     if isinstance(y, torch.Tensor):
         want = (T, N, O) if loss == 0 else (T, N)
         if tuple(y.shape) != want:
-            reasons.append(f"y must be {list(want)} for {_LOSS_NAMES.get(loss, 'this loss')}, got {tuple(y.shape)}")
+            name = {v: k for k, v in LOSSES.items()}.get(loss, "this loss")
+            reasons.append(f"y must be {list(want)} for {name}, got {tuple(y.shape)}")
     return reasons
 
 
@@ -203,7 +220,7 @@ class _Config:
     def __init__(self, dims, N, allow_tf32, use_dot):
         dims = [int(d) for d in dims]
         self.L = len(dims) - 1
-        self.P = _param_count(dims)
+        self.P = num_params(dims)
         self.D = dims + [1] * (MAX_LAYERS + 1 - len(dims))
         B = [_next_pow2(d) for d in self.D]
         BN = _next_pow2(N)
@@ -269,9 +286,8 @@ def _y_strides(y, loss):
     return (y.stride(0), y.stride(1))
 
 
-def adapt_fwd(theta, lr, x, y, dims, steps, loss, act, *, allow_tf32=False, use_dot=True):
+def adapt_fwd_unchecked(theta, lr, x, y, dims, steps, loss, act, *, allow_tf32=False, use_dot=True):
     """theta_K [T, P] after `steps` inner SGD steps per task (one launch, one program per task)."""
-    _check(why_not(theta, x, dims, lr=lr, y=y, steps=steps, loss=loss, act=act), "adapt_fwd")
     theta, lr, x, y = theta.contiguous(), lr.contiguous(), x.contiguous(), y.contiguous()
     T, N, _ = x.shape
     cfg = _Config(dims, N, allow_tf32, use_dot)
@@ -291,7 +307,7 @@ def adapt_fwd(theta, lr, x, y, dims, steps, loss, act, *, allow_tf32=False, use_
     return out
 
 
-def adapt_bwd(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x, *, allow_tf32=False,
+def adapt_bwd_unchecked(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x, *, allow_tf32=False,
               use_dot=True):
     """(g_theta, g_lr, g_x) per task through `steps` inner SGD steps (one launch, one program per task).
 
@@ -299,7 +315,6 @@ def adapt_bwd(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x
     reverse loop with one R-operator pass per step (second order) or one gradient
     pass (first order). g_x is zeros unless second order and need_x.
     """
-    _check(why_not(theta, x, dims, lr=lr, y=y, grad=grad, steps=steps, loss=loss, act=act), "adapt_bwd")
     grad, theta, lr = grad.contiguous(), theta.contiguous(), lr.contiguous()
     x, y = x.contiguous(), y.contiguous()
     T, N, D = x.shape
@@ -330,9 +345,8 @@ def adapt_bwd(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x
     return g_theta, g_lr, g_x
 
 
-def mlp_fwd(theta, x, dims, act, *, allow_tf32=False, use_dot=True):
+def mlp_fwd_unchecked(theta, x, dims, act, *, allow_tf32=False, use_dot=True):
     """out [T, N, O] = MLP(theta_t, x_t) per task (one launch, one program per task)."""
-    _check(why_not(theta, x, dims, act=act), "mlp_fwd")
     theta, x = theta.contiguous(), x.contiguous()
     T, N, _ = x.shape
     cfg = _Config(dims, N, allow_tf32, use_dot)
@@ -350,9 +364,8 @@ def mlp_fwd(theta, x, dims, act, *, allow_tf32=False, use_dot=True):
     return out
 
 
-def mlp_bwd(grad_out, theta, x, dims, act, need_x, *, allow_tf32=False, use_dot=True):
+def mlp_bwd_unchecked(grad_out, theta, x, dims, act, need_x, *, allow_tf32=False, use_dot=True):
     """(g_theta [T, P], g_x [T, N, D]) of <grad_out, MLP(theta, x)> per task; g_x zeros unless need_x."""
-    _check(why_not(theta, x, dims, grad_out=grad_out, act=act), "mlp_bwd")
     grad_out, theta, x = grad_out.contiguous(), theta.contiguous(), x.contiguous()
     T, N, D = x.shape
     cfg = _Config(dims, N, allow_tf32, use_dot)
@@ -371,3 +384,29 @@ def mlp_bwd(grad_out, theta, x, dims, act, need_x, *, allow_tf32=False, use_dot=
         num_warps=cfg.num_warps,
     )
     return g_theta, g_x
+
+
+def adapt_fwd(theta, lr, x, y, dims, steps, loss, act, *, allow_tf32=False, use_dot=True):
+    """Check the arguments (:func:`why_not`; ``ValueError`` with every reason), then :func:`adapt_fwd_unchecked`."""
+    _check(why_not(theta, x, dims, lr=lr, y=y, steps=steps, loss=loss, act=act), "adapt_fwd")
+    return adapt_fwd_unchecked(theta, lr, x, y, dims, steps, loss, act, allow_tf32=allow_tf32, use_dot=use_dot)
+
+
+def adapt_bwd(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x, *, allow_tf32=False,
+              use_dot=True):
+    """Check the arguments (:func:`why_not`; ``ValueError`` with every reason), then :func:`adapt_bwd_unchecked`."""
+    _check(why_not(theta, x, dims, lr=lr, y=y, grad=grad, steps=steps, loss=loss, act=act), "adapt_bwd")
+    return adapt_bwd_unchecked(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x,
+                               allow_tf32=allow_tf32, use_dot=use_dot)
+
+
+def mlp_fwd(theta, x, dims, act, *, allow_tf32=False, use_dot=True):
+    """Check the arguments (:func:`why_not`; ``ValueError`` with every reason), then :func:`mlp_fwd_unchecked`."""
+    _check(why_not(theta, x, dims, act=act), "mlp_fwd")
+    return mlp_fwd_unchecked(theta, x, dims, act, allow_tf32=allow_tf32, use_dot=use_dot)
+
+
+def mlp_bwd(grad_out, theta, x, dims, act, need_x, *, allow_tf32=False, use_dot=True):
+    """Check the arguments (:func:`why_not`; ``ValueError`` with every reason), then :func:`mlp_bwd_unchecked`."""
+    _check(why_not(theta, x, dims, grad_out=grad_out, act=act), "mlp_bwd")
+    return mlp_bwd_unchecked(grad_out, theta, x, dims, act, need_x, allow_tf32=allow_tf32, use_dot=use_dot)

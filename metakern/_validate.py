@@ -1,0 +1,337 @@
+"""Validation: every check of a user's call, and the validated :class:`Problem` it becomes.
+
+The Python twin of ``csrc/metakern/checks.h``: the public modules (``functional``,
+``learners``, ``tasks``) check their arguments here, with errors that name the
+argument and the fix (``TypeError`` / ``ValueError``; ``RuntimeError`` from the
+backend choice), and hand the result to ``metakern._ops``. Below this layer nothing
+checks user input again.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import backends as _backends
+from ._contract import (ACTIVATIONS, FLOAT_DTYPES, LOSSES, REDUCTIONS, Loss, Problem, is_compiling, num_params,
+                        pack_params, param_shapes)
+
+LrLike = Union[float, Tensor, Sequence[Tensor]]
+
+
+# ----------------------------------------------------------------------- scalars
+def check_int(name: str, value, minimum=None) -> int:
+    """``value`` as an int (``bool`` refused), at least ``minimum`` when given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}; pass an int >= {minimum}")
+    return value
+
+
+def check_real(name: str, value, minimum=None, *, tensors: bool = False) -> float:
+    """``value`` as a finite float, at least ``minimum`` when given; ``tensors``
+    accepts a one-element tensor too."""
+    ok = isinstance(value, numbers.Real) or (tensors and isinstance(value, Tensor) and value.numel() == 1)
+    if isinstance(value, bool) or not ok:
+        kind = "a real number or a one-element tensor" if tensors else "a real number"
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}; pass a finite number")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}; pass a number >= {minimum}")
+    return value
+
+
+def check_range(name: str, value, minimum=None) -> Tuple[float, float]:
+    """A ``(low, high)`` pair of finite numbers with ``low <= high``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
+    low, high = check_real(f"{name}[0]", value[0], minimum), check_real(f"{name}[1]", value[1], minimum)
+    if low > high:
+        raise ValueError(f"{name} must have low <= high, got {value!r}; swap the two ends")
+    return (low, high)
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def choice(name: str, value, choices) -> int:
+    """The code of ``value`` in ``choices`` (``{"name": code}``), as a plain int."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return int(choices[value])
+
+
+def check_backend(backend) -> str:
+    """A backend name: ``"auto"`` or one of ``metakern.backends.BACKENDS``."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend != "auto":
+        _backends.get(backend)  # ValueError naming the choices
+    return backend
+
+
+def check_options(loss, activation, steps, first_order, backend) -> Tuple[int, int, int]:
+    """The keyword options of the fused calls: ``(loss code, activation code, steps)``."""
+    loss_c = choice("loss", loss, LOSSES)
+    act_c = choice("activation", activation, ACTIVATIONS)
+    steps = check_int("steps", steps, 0)
+    check_bool("first_order", first_order)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    return loss_c, act_c, steps
+
+
+# ------------------------------------------------------------------------ batches
+def check_batch(x, y, name_x: str = "x", name_y: str = "y"):
+    """Any model's batch: ``x`` ``[T, N, ...]`` and, when given, ``y`` starting with ``[T, N]``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name_x} must be a tensor [T, N, ...], got {type(x).__name__}")
+    if x.dim() < 3:
+        raise ValueError(f"{name_x} must have shape [T, N, ...] (tasks, points, features), got {tuple(x.shape)}")
+    if y is not None:
+        if not isinstance(y, Tensor):
+            raise TypeError(f"{name_y} must be a tensor, got {type(y).__name__}")
+        if tuple(y.shape[:2]) != tuple(x.shape[:2]):
+            raise ValueError(f"{name_y} must start with [T, N] = {tuple(x.shape[:2])} like {name_x}, "
+                             f"got {tuple(y.shape)}")
+
+
+def check_x(x, name: str = "x"):
+    """Inputs of the fused kernels: a float tensor ``[T, N, D]``, nothing empty."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor [T, N, D], got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape [T, N, D] (tasks, points, features), got {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if 0 in x.shape:
+        raise ValueError(f"{name} must have at least one task, point and feature, got shape {tuple(x.shape)}")
+
+
+def check_y(y, x: Tensor, loss: int, out_features: int, name: str = "y", x_name: str = "x"):
+    """Targets beside validated inputs ``x``: ``[T, N, O]`` floats (MSE) or ``[T, N]``
+    int64 class indices in ``[0, O)`` (cross-entropy; the range is not checked while
+    compiling, where it would be a data-dependent branch)."""
+    T, N = x.shape[:2]
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(y).__name__}")
+    if y.device != x.device:
+        raise ValueError(f"{name} is on {y.device} but {x_name} is on {x.device}; move them to one device")
+    if loss == Loss.MSE:
+        if y.dtype != x.dtype:
+            raise TypeError(f"{name} for loss='mse' must have {x_name}'s dtype {x.dtype}, got {y.dtype}")
+        if tuple(y.shape) != (T, N, out_features):
+            raise ValueError(f"{name} for loss='mse' must have shape [T, N, O] = {(T, N, out_features)}, "
+                             f"got {tuple(y.shape)}")
+    else:
+        if y.dtype != torch.int64:
+            raise TypeError(f"{name} for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
+        if tuple(y.shape) != (T, N):
+            raise ValueError(f"{name} for loss='cross_entropy' must have shape [T, N] = {(T, N)}, "
+                             f"got {tuple(y.shape)}")
+        if not is_compiling() and bool(((y < 0) | (y >= out_features)).any()):
+            lo, hi = int(y.min()), int(y.max())
+            raise ValueError(f"{name} holds class indices in [{lo}, {hi}] but the model has {out_features} outputs; "
+                             f"indices must lie in [0, {out_features - 1}]")
+
+
+def check_query(xq, xs: Tensor):
+    """``xq`` ``[T, Nq, D]`` beside the validated support inputs ``xs`` ``[T, N, D]``."""
+    check_x(xq, "xq")
+    if xq.dtype != xs.dtype:
+        raise TypeError(f"xq has dtype {xq.dtype} but xs has {xs.dtype}; use one dtype")
+    if xq.device != xs.device:
+        raise ValueError(f"xq is on {xq.device} but xs is on {xs.device}; move them to one device")
+    if xq.shape[0] != xs.shape[0] or xq.shape[2] != xs.shape[2]:
+        raise ValueError(f"xq must be [T, Nq, D] with the T and D of xs {tuple(xs.shape)}, got {tuple(xq.shape)}")
+
+
+def check_params(params, x: Tensor, where: str = "params"):
+    """Validate an MLP parameter list against validated inputs ``x``.
+
+    Returns ``(dims, per_task)`` where ``per_task[i]`` says whether ``params[i]``
+    carries a leading task dimension.
+    """
+    if isinstance(params, Tensor) or not isinstance(params, (list, tuple)):
+        raise TypeError(f"{where} must be a list [W1, b1, W2, b2, ...] of tensors, got {type(params).__name__}")
+    if len(params) < 2 or len(params) % 2:
+        raise ValueError(f"{where} must hold (weight, bias) pairs [W1, b1, ...]; got {len(params)} tensors "
+                         "(bias-free layers take the generic path: use mk.MAML with the module)")
+    T = x.shape[0]
+    dims = [None]
+    per_task = []
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{where}[{i}] must be a tensor, got {type(p).__name__}")
+        if p.dtype != x.dtype:
+            raise TypeError(f"{where}[{i}] has dtype {p.dtype} but x has {x.dtype}; use one dtype (float32 or float64)")
+        if p.device != x.device:
+            raise ValueError(f"{where}[{i}] is on {p.device} but x is on {x.device}; move them to one device")
+        is_w = i % 2 == 0
+        base = 2 if is_w else 1
+        if p.dim() == base + 1:
+            if p.shape[0] != T:
+                raise ValueError(f"{where}[{i}] has shape {tuple(p.shape)}: a per-task parameter needs a leading "
+                                 f"dimension equal to the number of tasks T={T}")
+            shape = p.shape[1:]
+            per_task.append(True)
+        elif p.dim() == base:
+            shape = p.shape
+            per_task.append(False)
+        else:
+            kind = "weight [out, in] or [T, out, in]" if is_w else "bias [out] or [T, out]"
+            raise ValueError(f"{where}[{i}] must be a {kind}, got shape {tuple(p.shape)}")
+        if is_w:
+            out_f, in_f = shape
+            expect_in = x.shape[-1] if i == 0 else dims[-1]
+            if in_f != expect_in:
+                src = "x's last dimension" if i == 0 else f"the output width of {where}[{i - 2}]"
+                raise ValueError(f"{where}[{i}] has {in_f} input features but {src} is {expect_in}")
+            if out_f < 1:
+                raise ValueError(f"{where}[{i}] has no outputs (shape {tuple(p.shape)})")
+            if i == 0:
+                dims[0] = in_f
+            dims.append(out_f)
+        elif shape[0] != dims[-1]:
+            raise ValueError(f"{where}[{i}] (bias) has {shape[0]} entries but its weight has {dims[-1]} outputs")
+    return tuple(dims), tuple(per_task)
+
+
+# --------------------------------------------------------------------------- rates
+def _check_lr_tensor(l: Tensor, name: str, ref: Tensor):
+    if not l.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {l.dtype}")
+    if l.device != ref.device:
+        raise ValueError(f"{name} is on {l.device} but x is on {ref.device}; move it to x's device")
+
+
+@functools.lru_cache(maxsize=32)
+def _filled(value: float, P: int, dtype, device) -> Tensor:
+    """A fixed rate packed once per value (read-only: no op writes its ``lr``)."""
+    return torch.full((P,), value, dtype=dtype, device=device)
+
+
+def pack_lr(lr: LrLike, dims, ref: Tensor) -> Tensor:
+    """One inner learning rate per packed parameter element, ``[P]`` contiguous.
+
+    ``lr``: a float; a 0-dim tensor (learnable, or a fixed rate that may change in
+    place: a CPU one is read at each call, and its packed copy reused while its value
+    stays); or a list of one tensor (or 0-dim / float) per parameter (Meta-SGD).
+    """
+    P = num_params(dims)
+    if isinstance(lr, bool) or (not isinstance(lr, (numbers.Real, Tensor, list, tuple))):
+        raise TypeError("lr must be a float, a 0-dim tensor, or a list with one tensor per parameter, "
+                        f"got {type(lr).__name__}")
+    # the cached copy is made outside inference mode, so autograd may save it
+    fresh = is_compiling() or torch.is_inference_mode_enabled()
+    if isinstance(lr, numbers.Real):
+        if not math.isfinite(lr):
+            raise ValueError(f"lr must be finite, got {lr}")
+        if fresh:
+            return torch.full((P,), float(lr), dtype=ref.dtype, device=ref.device)
+        return _filled(float(lr), P, ref.dtype, ref.device)
+    if isinstance(lr, Tensor):
+        if lr.dim() != 0:
+            raise ValueError(f"a tensor lr must be 0-dim (one rate for all parameters), got shape {tuple(lr.shape)}; "
+                             "pass a list with one tensor per parameter for per-parameter rates (Meta-SGD)")
+        _check_lr_tensor(lr, "lr", ref)
+        if not fresh and not lr.requires_grad and lr.device.type == "cpu" and ref.device.type == "cpu":
+            # reading a CPU tensor is free; on a GPU it would be a sync
+            return _filled(float(lr), P, ref.dtype, ref.device)
+        return lr.to(ref.dtype).reshape(1).expand(P).contiguous()
+    shapes = param_shapes(dims)
+    if len(lr) != len(shapes):
+        raise ValueError(f"lr as a list needs one tensor per parameter ({len(shapes)}), got {len(lr)}")
+    parts = []
+    for i, (l, s) in enumerate(zip(lr, shapes)):
+        name = f"lr[{i}]"
+        if isinstance(l, numbers.Real) and not isinstance(l, bool):
+            l = torch.tensor(float(l), dtype=ref.dtype, device=ref.device)
+        if not isinstance(l, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(l).__name__}")
+        _check_lr_tensor(l, name, ref)
+        l = l.to(ref.dtype)
+        if tuple(l.shape) == s:
+            parts.append(l.reshape(-1))
+        elif l.dim() == 0:
+            parts.append(l.reshape(1).expand(math.prod(s)))
+        else:
+            raise ValueError(f"{name} must have its parameter's shape {s} (or be 0-dim), got {tuple(l.shape)}")
+    return torch.cat(parts)
+
+
+# ----------------------------------------------------------------------- problems
+def select_backend(backend: str, x: Tensor, dims, points: int, steps: int = 0) -> str:
+    """The backend that runs a call on ``x``'s device and dtype (``RuntimeError`` for an
+    explicit one that cannot; see :func:`metakern.backends.select`)."""
+    call = _backends.Call(x.device, x.dtype, tuple(dims), x.shape[0], points, steps)
+    return _backends.select(backend, call).name
+
+
+def adapt_problem(params, x, y, *, lr: LrLike, steps, loss, activation, first_order, backend,
+                  where: str = "params") -> Problem:
+    """A validated adaptation: ``steps`` inner steps of the MLP ``params`` on ``(x, y)``."""
+    check_x(x)
+    dims, per_task = check_params(params, x, where)
+    loss_c, act_c, steps = check_options(loss, activation, steps, first_order, backend)
+    check_y(y, x, loss_c, dims[-1])
+    lr_p = pack_lr(lr, dims, x)
+    name = select_backend(backend, x, dims, x.shape[1], steps)
+    return Problem(tuple(params), per_task, dims, lr_p, x.contiguous(), y.contiguous(), steps, loss_c, act_c,
+                   first_order, name)
+
+
+def maml_problem(params, xs, ys, xq, yq, *, lr: LrLike, steps, loss, activation, first_order, backend,
+                 reduction, where: str = "params") -> Problem:
+    """A validated MAML objective: adapt on ``(xs, ys)``, loss on ``(xq, yq)``, reduced over tasks."""
+    check_x(xs, "xs")
+    check_query(xq, xs)
+    dims, per_task = check_params(params, xs, where)
+    loss_c, act_c, steps = check_options(loss, activation, steps, first_order, backend)
+    red = check_reduction(reduction)
+    check_y(ys, xs, loss_c, dims[-1], "ys", "xs")
+    check_y(yq, xq, loss_c, dims[-1], "yq", "xq")
+    lr_p = pack_lr(lr, dims, xs)
+    name = select_backend(backend, xs, dims, max(xs.shape[1], xq.shape[1]), steps)
+    return Problem(tuple(params), per_task, dims, lr_p, xs.contiguous(), ys.contiguous(), steps, loss_c, act_c,
+                   first_order, name, xq.contiguous(), yq.contiguous(), red)
+
+
+def check_reduction(reduction) -> int:
+    """The :class:`~metakern._contract.Reduction` code of ``"mean"``, ``"sum"`` or ``"none"``."""
+    red = REDUCTIONS.get(reduction) if isinstance(reduction, str) else None
+    if red is None:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return int(red)
+
+
+def forward_call(params, x, *, activation, backend) -> Tuple[Tensor, Tensor, tuple, int, str]:
+    """A validated batched MLP forward: ``(packed theta, x, dims, act code, backend name)``."""
+    check_x(x)
+    dims, per_task = check_params(params, x)
+    act_c = choice("activation", activation, ACTIVATIONS)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    theta = pack_params(params, per_task, x.shape[0])
+    return theta, x.contiguous(), dims, act_c, select_backend(backend, x, dims, x.shape[1])
+
+
+def packed_forward_call(theta: Tensor, x, dims, backend: str) -> Tuple[Tensor, str]:
+    """Inputs of an adapted fast model (packed ``theta`` ``[T, P]``): ``(x, backend name)``."""
+    check_batch(x, None)
+    if x.shape[0] != theta.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} tasks but this fast model was adapted on {theta.shape[0]}")
+    if x.dim() != 3 or x.shape[-1] != dims[0] or x.dtype != theta.dtype:
+        raise ValueError(f"x must be [T, N, {dims[0]}] of dtype {theta.dtype}, got {tuple(x.shape)} {x.dtype}")
+    return x.contiguous(), select_backend(backend, x, dims, x.shape[1])
