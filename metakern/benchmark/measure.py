@@ -32,8 +32,8 @@ from .workloads import BASELINE, Config, Profile
 QUANTITIES = ("op", "step")
 META_LR = 1e-3  # Adam, for the step quantity
 # Every provider's step uses the same optimizer: torch's fused Adam (one kernel over
-# all parameters, CPU and CUDA). The default per-tensor loop costs ~0.45 ms on a 2-core
-# CPU for the six tensors of the sine MLP, more than metakern's kernels at T=25.
+# all parameters, CPU and CUDA), so that the optimizer's per-tensor loop does not hide
+# the meta-gradient's time at small T (bench/NOTES.md).
 ADAM_KW = dict(fused=True)
 
 
