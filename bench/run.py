@@ -2,7 +2,7 @@
 """Run the metakern microbenchmarks from a checkout: ``python bench/run.py --quick``.
 
 The same as ``metakern bench`` or ``python -m metakern.benchmark``; every flag is
-documented by ``--help`` and in ``metakern/benchmark.py``.
+documented by ``--help`` and in ``metakern/benchmark/``.
 """
 import os
 import sys

@@ -9,6 +9,7 @@ import torch
 
 from metakern import benchmark as bm
 from metakern.backends import available
+from metakern.benchmark import measure, timing, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--profile", "smoke", "--threads", "1"]
@@ -118,12 +119,12 @@ def test_cpp_memory_does_not_grow_with_steps():
     w = bm.WORKLOADS["sine"]
     prof = bm.make_profile("smoke", "cpu")
     provs = {p.name: p for p in bm.providers()}
-    data, base = bm.make_data(w, 64, "cpu"), bm.make_model(w, "cpu")
+    data, base = workloads.make_data(w, 64, "cpu"), workloads.make_model(w, "cpu")
     mem = {}
     for K in (1, 6):
         cfg = bm.Config(w, 64, K, False)
         for name in ("mk-cpp", "vmap"):
-            row, fn = bm.prepare(cfg, provs[name], "op", base, data, prof, {})
+            row, fn = measure.prepare(cfg, provs[name], "op", base, data, prof, {})
             assert fn is not None, row
             mem[name, K] = row["peak_mem_mb"]
     assert mem["mk-cpp", 6] == pytest.approx(mem["mk-cpp", 1], rel=1e-6)
@@ -136,7 +137,7 @@ def test_interleaved_rounds_time_bursts(monkeypatch):
     clock is simulated: each call moves it by that callable's cost."""
     now = [0.0]
     calls = {"fast": 0, "slow": 0, "bad": 0}
-    monkeypatch.setattr(bm.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
 
     def fast():
         calls["fast"] += 1
@@ -151,7 +152,7 @@ def test_interleaved_rounds_time_bursts(monkeypatch):
         raise ValueError("broken provider")
 
     prof = bm.Profile([], warmup_s=0.01, min_reps=4, min_time_s=0.0, max_time_s=1.0, burst_ms=10.0, max_burst=7)
-    out = bm.time_interleaved([fast, slow, bad], prof)
+    out = timing.time_interleaved([fast, slow, bad], prof)
     (f_med, _, _, f_n, timer), (s_med, _, _, s_n, _) = out[0], out[1]
     assert isinstance(out[2], ValueError) and calls["bad"] == 1  # dropped after its first failure
     assert f_n == s_n == 4 and timer == "perf_counter, interleaved bursts"
@@ -159,7 +160,7 @@ def test_interleaved_rounds_time_bursts(monkeypatch):
     # 3 warmup rounds (0.0041 s each, to 0.01 s) of one call, then 4 rounds of bursts:
     # int(10 ms / 4 ms) = 2 slow calls, and max_burst = 7 fast ones (10 / 0.1 = 100)
     assert calls["slow"] == 3 + 4 * 2 and calls["fast"] == 3 + 4 * 7
-    single = bm.time_interleaved([fast], bm.Profile([], warmup_s=0.0, min_reps=3, min_time_s=0.0, burst_ms=0.0))
+    single = timing.time_interleaved([fast], bm.Profile([], warmup_s=0.0, min_reps=3, min_time_s=0.0, burst_ms=0.0))
     assert single[0][3] == 3 and single[0][4] == "perf_counter, interleaved"
 
 
