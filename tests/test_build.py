@@ -10,7 +10,7 @@ from metakern import backends
 
 
 def test_extension_built():
-    ext, err = backends._load_ext()
+    ext, err = backends.load_extension()
     assert ext is not None, err
     import torch
 
@@ -32,7 +32,7 @@ def _cuobjdump():
 
 def test_cuda_machine_code_for_sm80_and_sm90():
     """Where the build compiled the CUDA kernels, the library carries sm_80 and sm_90 code."""
-    ext, err = backends._load_ext()
+    ext, err = backends.load_extension()
     assert ext is not None, err
     if not ext.build_info()["cuda_kernels"]:
         pytest.skip("extension built without CUDA kernels (no nvcc or a CPU-only torch at install time)")

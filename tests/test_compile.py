@@ -28,8 +28,8 @@ def test_opcheck_adapt(request, backend, shared):
     theta, lr, x, y, dims = _packed_problem(g, devices_for(backend)[0], shared=shared)
     theta.requires_grad_(); lr.requires_grad_(); x.requires_grad_()
     for first_order in (False, True):
-        torch.library.opcheck(_ops.adapt, (theta, lr, x, y, dims, 2, 1, 2, first_order, backend))
-    torch.library.opcheck(_ops.mlp, (theta, x, dims, 2, backend))
+        torch.library.opcheck(_ops.adapt_custom, (theta, lr, x, y, dims, 2, 1, 2, first_order, backend))
+    torch.library.opcheck(_ops.mlp_custom, (theta, x, dims, 2, backend))
 
 
 @pytest.mark.parametrize("backend", [b for b in COMPILED if b != "torch"])
@@ -97,7 +97,7 @@ def test_backend_checks_trace_under_compile():
     broke the cuda backend's compiled MAML step on a GPU machine."""
     import metakern.backends as B
 
-    B._load_ext()  # eager first, as any training script's first call is
+    B.load_extension()  # eager first, as any training script's first call is
 
     @torch.compile(fullgraph=True, backend="eager")
     def count_reasons(x):

@@ -13,6 +13,8 @@ import torch
 
 import metakern.backends as B
 import metakern.functional as MF
+from metakern._contract import REDUCTIONS, pack_params
+from metakern._validate import pack_lr
 from helpers import (ACTS, DIMS, LOSSES, RTOL, assert_close, lr_leaves, make_problem,
                      poison_uninitialised_memory, seeded)  # noqa: F401 (autouse fixture)
 
@@ -28,10 +30,9 @@ needs_cpp = pytest.mark.skipif(bool(B.available()["cpp"]), reason="the cpp backe
 def test_raw_maml_op_without_lr_gradient(first_order):
     """need_lr=False drops g_lr (shape [0, P]) and leaves the losses and g_theta bit for bit."""
     g = torch.Generator().manual_seed(8)
-    from metakern import _ops
     params, xs, ys, _ = make_problem(g, (3, 6, 4), 3, 5, "cross_entropy", torch.float64, [True, False])
     _, xq, yq, _ = make_problem(g, (3, 6, 4), 3, 4, "cross_entropy", torch.float64)
-    theta = _ops.pack_params(params, [True, True, False, False], 3).contiguous()  # layer 1 per task, layer 2 shared
+    theta = pack_params(params, [True, True, False, False], 3).contiguous()  # layer 1 per task, layer 2 shared
     lr = torch.rand(theta.shape[1], generator=g, dtype=torch.float64) * 0.2
     op = torch.ops.metakern.maml_fwd
     full = op(theta, lr, xs, ys, xq, yq, [3, 6, 4], 2, 1, 2, first_order, True)
@@ -68,8 +69,7 @@ def test_composed_maml_fwd_matches_fused(request, dims, act, loss, first_order, 
     T, Ns, Nq = 3, 5, 4
     params, xs, ys, lr = make_problem(g, dims, T, Ns, loss, dtype, per_task=not shared, lr_kind="per_param")
     _, xq, yq, _ = make_problem(g, dims, T, Nq, loss, dtype)
-    from metakern import _ops
-    theta = _ops.pack_params(params, [not shared] * len(params), T).contiguous()
+    theta = pack_params(params, [not shared] * len(params), T).contiguous()
     lr = torch.cat([l.reshape(-1) for l in lr]).to(dtype)
     codes = (list(dims), steps, LOSSES.index(loss), MF.ACTIVATIONS[act], first_order, need_grad, need_lr)
     got = _C.maml_fwd_composed(theta, lr, xs, ys, xq, yq, *codes)
@@ -136,8 +136,8 @@ def test_cpp_node_matches_python_node(request, reduction, per_task, lr_kind):
     for fn in (B.get("cpp").maml_loss, _python_node):
         ps = [p.clone().requires_grad_() for p in params]
         lr_leaf, lr_leaves_ = lr_leaves(lr, lr_kind, torch.float32, "cpu")
-        lr_p = MF._pack_lr(lr_leaf, MF._shared_shapes(ps, pt), xs)
-        out = fn(ps, pt, lr_p, xs, ys, xq, yq, dims, 2, 1, 2, False, reduction)
+        lr_p = pack_lr(lr_leaf, dims, xs)
+        out = fn(ps, pt, lr_p, xs, ys, xq, yq, dims, 2, 1, 2, False, REDUCTIONS[reduction])
         results.append([out.detach()] + list(torch.autograd.grad(out, ps + lr_leaves_, out_w)))
     assert results[0][0].shape == ((T,) if reduction == "none" else ())
     for i, (a, b) in enumerate(zip(*results)):

@@ -356,14 +356,14 @@ def test_why_not_reasons(over, expect):
 
 def test_why_not_cpu_without_interpreter(monkeypatch):
     assert n_params((3, 17, 5)) == 158
-    monkeypatch.setattr(tk, "_interpreted", lambda: False)
+    monkeypatch.setattr(tk, "interpreted", lambda: False)
     reasons = tk.why_not(torch.zeros(158), torch.zeros(2, 5, 3), (3, 17, 5))
     assert reasons == [r for r in reasons if "TRITON_INTERPRET=1" in r] and len(reasons) == 1
 
 
 def test_why_not_without_triton(monkeypatch):
     monkeypatch.setattr(tk, "HAS_TRITON", False)
-    monkeypatch.setattr(tk, "_IMPORT_ERROR", "ImportError: no module named triton")
+    monkeypatch.setattr(tk, "IMPORT_ERROR", "ImportError: no module named triton")
     reasons = tk.why_not(torch.zeros(158, device=DEVICE), torch.zeros(2, 5, 3, device=DEVICE), (3, 17, 5))
     assert any("triton is not importable" in r for r in reasons)
 

@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.dirname(os.path.dirname(HERE))
 ROOT = os.path.dirname(CSRC)
 sys.path.insert(0, ROOT)
+from metakern._contract import num_params  # noqa: E402
 from metakern.backends import torch_backend as tb  # noqa: E402
 
 QUICK = "--quick" in sys.argv
@@ -41,7 +42,7 @@ LIMIT = 232448  # H100 opt-in shared memory per block (bytes)
 
 def inputs(dims, T, N, loss, shared, dtype, seed):
     g = torch.Generator().manual_seed(seed)
-    P = tb.num_params(dims)
+    P = num_params(dims)
     th = (torch.randn(P if shared else (T, P), generator=g, dtype=torch.float64) * 0.5).to(dtype)
     lr = (torch.rand(P, generator=g, dtype=torch.float64) * 0.3 + 0.05).to(dtype)
     x = torch.randn(T, N, dims[0], generator=g, dtype=torch.float64).to(dtype)
