@@ -75,13 +75,20 @@ def param_shapes(dims: Sequence[int]) -> List[Tuple[int, ...]]:
     return shapes
 
 
-@functools.lru_cache(maxsize=64)
-def split_sizes(dims: Tuple[int, ...]) -> List[int]:
-    """Element counts of ``W_1, b_1, ...`` in the packed vector."""
+def _split_sizes(dims: Tuple[int, ...]) -> List[int]:
     sizes = []
     for i, o in zip(dims[:-1], dims[1:]):
         sizes += [o * i, o]
     return sizes
+
+
+_split_sizes_cached = functools.lru_cache(maxsize=64)(_split_sizes)
+
+
+def split_sizes(dims: Tuple[int, ...]) -> List[int]:
+    """Element counts of ``W_1, b_1, ...`` in the packed vector (cached per ``dims``
+    in eager mode; traced directly while compiling)."""
+    return _split_sizes(dims) if is_compiling() else _split_sizes_cached(dims)
 
 
 # ------------------------------------------------------------------- pack and unpack
