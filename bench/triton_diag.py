@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import metakern.backends.torch_backend as TB  # noqa: E402
+from metakern._contract import num_params  # noqa: E402
 from metakern.triton import adapt as TA  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -41,7 +42,7 @@ def main():
     variants = {"dot": dict(use_dot=True), "nodot": dict(use_dot=False), "dot-w4": dict(use_dot=True)}
     print(f"{'dims':<14}{'N':>3} {'loss':>4} {'variant':<8} {'op':<10} {'output':<8} {'rel err':>10} {'repeat':>7}")
     for dims, N, loss, act in ARCHS:
-        T, K, P, D, O = 5, 1, TA._param_count(dims), dims[0], dims[-1]
+        T, K, P, D, O = 5, 1, num_params(dims), dims[0], dims[-1]
         theta = torch.randn(P, generator=g, dtype=torch.float64) * 0.3
         lr = torch.full((P,), 0.1, dtype=torch.float64)
         x = torch.randn(T, N, D, generator=g, dtype=torch.float64)

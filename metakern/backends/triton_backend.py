@@ -40,7 +40,10 @@ class TritonBackend(Backend):
         return []
 
     def limits(self, call):
-        return self._mod.limits(call.device.type, call.dtype, call.dims, call.points)
+        mod, err = self._load()
+        if mod is None:
+            return [err]
+        return mod.limits(call.device.type, call.dtype, call.dims, call.points)
 
     # The launchers without their argument checks: the call was validated and
     # limits() accepted it.
