@@ -146,6 +146,14 @@ def check_y(y, x: Tensor, loss: int, out_features: int, name: str = "y", x_name:
                              f"indices must lie in [0, {out_features - 1}]")
 
 
+def check_no_target_grad(y: Tensor, name: str):
+    """The fused ops give no gradient to the targets: refuse targets that want one."""
+    if y.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} requires a gradient, but the fused ops do not differentiate the targets "
+                         f"(only parameters, inner rates and inputs); pass {name}.detach(), or compute the loss "
+                         "on the adapted model's outputs yourself (fast = learner.adapt(xs, ys); loss(fast(xq), yq))")
+
+
 def check_query(xq, xs: Tensor):
     """``xq`` ``[T, Nq, D]`` beside the validated support inputs ``xs`` ``[T, N, D]``."""
     check_x(xq, "xq")
@@ -286,6 +294,7 @@ def adapt_problem(params, x, y, *, lr: LrLike, steps, loss, activation, first_or
     dims, per_task = check_params(params, x, where)
     loss_c, act_c, steps = check_options(loss, activation, steps, first_order, backend)
     check_y(y, x, loss_c, dims[-1])
+    check_no_target_grad(y, "y")
     lr_p = pack_lr(lr, dims, x)
     name = select_backend(backend, x, dims, x.shape[1], steps)
     return Problem(tuple(params), per_task, dims, lr_p, x.contiguous(), y.contiguous(), steps, loss_c, act_c,
@@ -302,6 +311,8 @@ def maml_problem(params, xs, ys, xq, yq, *, lr: LrLike, steps, loss, activation,
     red = check_reduction(reduction)
     check_y(ys, xs, loss_c, dims[-1], "ys", "xs")
     check_y(yq, xq, loss_c, dims[-1], "yq", "xq")
+    check_no_target_grad(ys, "ys")
+    check_no_target_grad(yq, "yq")
     lr_p = pack_lr(lr, dims, xs)
     name = select_backend(backend, xs, dims, max(xs.shape[1], xq.shape[1]), steps)
     return Problem(tuple(params), per_task, dims, lr_p, xs.contiguous(), ys.contiguous(), steps, loss_c, act_c,

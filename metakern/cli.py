@@ -53,6 +53,9 @@ def cmd_train(args) -> int:
     device = torch.device(args.device)
     train_task, test_task = _task_pair(args)
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else ()
+    lr0, steps0 = T.inner_defaults(args.algo)
+    args.inner_lr = lr0 if args.inner_lr is None else args.inner_lr
+    args.steps = steps0 if args.steps is None else args.steps
     learner = T.build_learner(args.algo, train_task, hidden=hidden, inner_lr=args.inner_lr, steps=args.steps,
                               backend=args.backend).to(device=device, dtype=dtype)
     baseline = T.untrained_copy(learner)
@@ -75,7 +78,6 @@ def cmd_train(args) -> int:
         print(f"  {name:17s} {r}")
     if args.save:
         ckpt = {"state_dict": learner.state_dict(), "config": vars(args), "meta_test": {k: vars(v) for k, v in res.items()}}
-        os.makedirs(os.path.dirname(os.path.abspath(args.save)), exist_ok=True)
         torch.save(ckpt, args.save)
         print(f"saved checkpoint to {args.save} (learner.load_state_dict(torch.load(path)['state_dict']))")
     return 0
@@ -89,31 +91,34 @@ def cmd_bench(args, rest) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from metakern.backends import BACKENDS
-    from metakern.train import ALGORITHMS
+    from metakern.train import ALGORITHMS, inner_defaults
 
     p = argparse.ArgumentParser(prog="metakern", description="Fused kernels for gradient-based meta-learning.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and which backends are available (and why not)")
-    t = sub.add_parser("train", help="meta-train on a built-in task and report the meta-test metric",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--task", choices=["sine", "linear", "digits"], default="sine")
-    t.add_argument("--algo", choices=ALGORITHMS, default="maml")
-    t.add_argument("--steps", type=int, default=1, help="inner SGD steps")
+    t = sub.add_parser("train", help="meta-train on a built-in task and report the meta-test metric")
+    own = ", ".join(f"{a} {lr:g} x {k}" for a, (lr, k) in ((a, inner_defaults(a)) for a in ALGORITHMS))
+    t.add_argument("--task", choices=["sine", "linear", "digits"], default="sine", help="(default: %(default)s)")
+    t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="(default: %(default)s)")
+    t.add_argument("--steps", type=int, default=None,
+                   help=f"inner SGD steps (default: the algorithm's own; lr x steps: {own})")
     t.add_argument("--test-steps", type=int, default=None, help="inner steps at meta-test (default: --steps)")
-    t.add_argument("--inner-lr", type=float, default=0.01)
-    t.add_argument("--meta-lr", type=float, default=1e-3)
-    t.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-iteration")
-    t.add_argument("--iterations", type=int, default=2000)
-    t.add_argument("--hidden", default="40,40", help="hidden widths, comma separated")
-    t.add_argument("--shots", type=int, default=10, help="support points (per class for digits)")
-    t.add_argument("--queries", type=int, default=10, help="query points (per class for digits)")
-    t.add_argument("--ways", type=int, default=5, help="classes per task (digits)")
-    t.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--test-tasks", type=int, default=600)
-    t.add_argument("--save", default=None, help="write a checkpoint here")
+    t.add_argument("--inner-lr", type=float, default=None, help="inner learning rate (default: the algorithm's own)")
+    t.add_argument("--meta-lr", type=float, default=1e-3, help="Adam's learning rate (default: %(default)s)")
+    t.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-iteration (default: %(default)s)")
+    t.add_argument("--iterations", type=int, default=2000, help="meta-iterations (default: %(default)s)")
+    t.add_argument("--hidden", default="40,40",
+                   help="hidden widths, comma separated; ANIL's body (default: %(default)s)")
+    t.add_argument("--shots", type=int, default=10, help="support points (per class for digits) (default: %(default)s)")
+    t.add_argument("--queries", type=int, default=10,
+                   help="query points (per class for digits) (default: %(default)s)")
+    t.add_argument("--ways", type=int, default=5, help="classes per task (digits) (default: %(default)s)")
+    t.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto", help="(default: %(default)s)")
+    t.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    t.add_argument("--test-tasks", type=int, default=600, help="held-out tasks at meta-test (default: %(default)s)")
+    t.add_argument("--save", default=None, help="write a checkpoint to this file (checked before training)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("bench", help="microbenchmarks (see `metakern bench --help`)", add_help=False)
     return p
@@ -123,12 +128,31 @@ def _positive(args, parser):
     for name in ("steps", "iterations", "meta_batch", "shots", "queries", "ways", "test_tasks"):
         v = getattr(args, name)
         low = 0 if name == "steps" else 1
-        if v < low:
+        if v is not None and v < low:
             parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
     if args.test_steps is not None and args.test_steps < 0:
         parser.error(f"--test-steps must be >= 0, got {args.test_steps}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but no CUDA device is available")
+    if args.save:
+        why = _unwritable(args.save)
+        if why:
+            parser.error(f"--save {args.save}: {why}")
+
+
+def _unwritable(path: str) -> str:
+    """Why a checkpoint cannot be written to ``path`` (its folder is created), or ``""``."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return "is a directory; give a file name, e.g. run.pt"
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        return f"cannot create its folder ({e.strerror})"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "is not writable"
+    return ""
 
 
 def main(argv=None) -> int:

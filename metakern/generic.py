@@ -39,8 +39,21 @@ def choose_mode(module: nn.Module) -> str:
     return "vmap"
 
 
+def check_targets(pred: Tensor, y: Tensor, loss: str, name: str = "y", lead: str = "[N]"):
+    """``y`` fits the model's predictions ``pred``: the same shape for ``"mse"`` (no
+    broadcasting), ``pred``'s shape without the class dimension for ``"cross_entropy"``."""
+    if loss == "mse":
+        if pred.shape != y.shape:
+            raise ValueError(f"{name} must have the model's output shape for loss='mse': per task {lead[:-1]}, ...] = "
+                             f"{tuple(pred.shape)}, got {tuple(y.shape)}; reshape {name} (no broadcasting)")
+    elif pred.dim() < 2 or y.shape != pred.shape[:-1]:
+        raise ValueError(f"{name} for loss='cross_entropy' must be the model's output shape without its last (class) "
+                         f"dimension: {tuple(pred.shape[:-1])} per task, got {tuple(y.shape)}")
+
+
 def task_loss(pred: Tensor, y: Tensor, loss: str) -> Tensor:
-    """Mean loss of one task."""
+    """Mean loss of one task (``pred`` ``[N, ...]``)."""
+    check_targets(pred, y, loss)
     if loss == "mse":
         return F.mse_loss(pred, y)
     return F.cross_entropy(pred, y)
@@ -72,7 +85,15 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tenso
 
 def adapt_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], lrs: Dict[str, Tensor],
                x: Tensor, y: Tensor, *, steps: int, loss: str, first_order: bool) -> Dict[str, Tensor]:
-    """Same result as :func:`adapt`, one task at a time with ``torch.autograd.grad``."""
+    """Same result as :func:`adapt`, one task at a time with ``torch.autograd.grad``.
+
+    Under ``torch.inference_mode()`` the inner loop, which needs autograd, runs outside
+    it on copies of ``x`` and ``y``; the adapted parameters carry no graph.
+    """
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False), torch.no_grad():
+            x, y = x.clone(), y.clone()
+            return adapt_loop(module, params, buffers, lrs, x, y, steps=steps, loss=loss, first_order=first_order)
     names = list(params)
     per_task = []
     need_graph = torch.is_grad_enabled()

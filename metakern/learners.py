@@ -230,6 +230,7 @@ class MAML(nn.Module):
         """Per-task mean losses ``[T]`` of predictions ``[T, N, O]`` (generic path)."""
         if pred.dim() != 3:
             raise ValueError(f"meta_loss needs model outputs [T, N, O], got {tuple(pred.shape)}")
+        generic.check_targets(pred, yq, self.loss, "yq", "[T, N]")
         return loss_value(pred, yq, LOSSES[self.loss])
 
     def _adapt_generic(self, x, y, steps, first_order):
@@ -263,9 +264,9 @@ class MetaSGD(MAML):
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.01, steps: int = 1, first_order: bool = False,
-                 loss: str = "mse", backend: str = "auto"):
+                 loss: str = "mse", backend: str = "auto", generic_mode: str = "auto"):
         super().__init__(model, lr=lr, steps=steps, first_order=first_order, loss=loss, learn_lr=True,
-                         backend=backend, rate=InnerRate("per_param"))
+                         backend=backend, generic_mode=generic_mode, rate=InnerRate("per_param"))
 
 
 class Reptile(MAML):
@@ -285,8 +286,10 @@ class Reptile(MAML):
     >>> rep.meta_loss(xs, ys).backward()
     """
 
-    def __init__(self, model: nn.Module, lr: float = 0.02, steps: int = 5, loss: str = "mse", backend: str = "auto"):
-        super().__init__(model, lr=lr, steps=steps, first_order=True, loss=loss, learn_lr=False, backend=backend)
+    def __init__(self, model: nn.Module, lr: float = 0.02, steps: int = 5, loss: str = "mse", backend: str = "auto",
+                 generic_mode: str = "auto"):
+        super().__init__(model, lr=lr, steps=steps, first_order=True, loss=loss, learn_lr=False, backend=backend,
+                         generic_mode=generic_mode)
 
     objective = "reptile surrogate"
 
@@ -325,13 +328,13 @@ class ANIL(nn.Module):
     objective = "query loss"
 
     def __init__(self, body: nn.Module, head: nn.Module, lr: float = 0.1, steps: int = 1, first_order: bool = False,
-                 loss: str = "mse", learn_lr: bool = False, backend: str = "auto"):
+                 loss: str = "mse", learn_lr: bool = False, backend: str = "auto", generic_mode: str = "auto"):
         super().__init__()
         if not isinstance(body, nn.Module):
             raise TypeError(f"body must be an nn.Module, got {type(body).__name__}")
         self.body = body
         self.head = MAML(head, lr=lr, steps=steps, first_order=first_order, loss=loss, learn_lr=learn_lr,
-                         backend=backend)
+                         backend=backend, generic_mode=generic_mode)
 
     def features(self, x: Tensor) -> Tensor:
         """Body features ``[T, N, F]`` of ``x`` ``[T, N, ...]``."""

@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ._contract import ACTIVATIONS, Act
 
@@ -63,14 +64,31 @@ class MLP(nn.Sequential):
         self.dims = tuple(int(w) for w in widths)
 
 
+def _altered(m: nn.Module) -> str:
+    """Why ``m`` does not compute its type's plain forward, or ``""``."""
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    if any(getattr(m, h, None) for h in hooks):
+        return f"{type(m).__name__} has hooks"
+    if parametrize.is_parametrized(m):
+        return f"{type(m).__name__} has parametrizations"
+    return ""
+
+
 def fused_spec(model: nn.Module) -> Tuple[Optional[Tuple[Tuple[int, ...], str]], str]:
     """``((dims, activation), "")`` if the fused kernels cover ``model``, else ``(None, why)``.
 
     Covered: a single ``nn.Linear`` with bias, or an ``nn.Sequential`` (``MLP``
     included) of ``nn.Linear`` layers with bias, separated by one kind of
-    supported activation module, with no activation after the last layer.
+    supported activation module, with no activation after the last layer. Only these
+    exact types (a subclass may change ``forward``), and only modules without hooks
+    or parametrizations (``weight_norm``, ...): the fused kernels compute the plain
+    layers, so anything else takes the generic path.
     """
-    if isinstance(model, nn.Linear):
+    for m in model.modules():
+        why = _altered(m)
+        if why:
+            return None, why
+    if type(model) is nn.Linear:
         if model.bias is None:
             return None, "nn.Linear without bias"
         return ((model.in_features, model.out_features), "identity"), ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -15,16 +16,36 @@ from .nn import MLP, activation_module
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "anil")
 
 
-def build_learner(algo: str, task, *, hidden=(40, 40), inner_lr: float = 0.01, steps: int = 1,
-                  backend: str = "auto", activation: str = "relu") -> nn.Module:
-    """The learner for ``algo`` on ``task`` (an MLP sized by the task)."""
+_CLASSES = {"maml": MAML, "fomaml": MAML, "metasgd": MetaSGD, "reptile": Reptile, "anil": ANIL}
+
+
+def inner_defaults(algo: str):
+    """``(inner lr, inner steps)`` an algorithm uses by default: its learner's defaults."""
     if algo not in ALGORITHMS:
         raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
+    params = inspect.signature(_CLASSES[algo]).parameters
+    return params["lr"].default, params["steps"].default
+
+
+def build_learner(algo: str, task, *, hidden=(40, 40), inner_lr: Optional[float] = None,
+                  steps: Optional[int] = None, backend: str = "auto", activation: str = "relu") -> nn.Module:
+    """The learner for ``algo`` on ``task`` (an MLP sized by the task).
+
+    ``inner_lr`` and ``steps`` default to the algorithm's own (:func:`inner_defaults`).
+    For ANIL the hidden layers are the body (each followed by the activation) and the
+    head is one ``nn.Linear``; with no hidden layer the body is the identity.
+    """
+    lr0, steps0 = inner_defaults(algo)
+    inner_lr = lr0 if inner_lr is None else inner_lr
+    steps = steps0 if steps is None else steps
     D, O, loss = task.in_features, task.out_features, task.loss
     if algo == "anil":
-        body = MLP(D, list(hidden[:-1]), hidden[-1], activation=activation) if len(hidden) > 1 else nn.Identity()
-        body = nn.Sequential(body, activation_module(activation)) if len(hidden) > 1 else body
-        feat = hidden[-1] if len(hidden) > 1 else D
+        if hidden:
+            body = nn.Sequential(MLP(D, list(hidden[:-1]), hidden[-1], activation=activation),
+                                 activation_module(activation))
+            feat = hidden[-1]
+        else:
+            body, feat = nn.Identity(), D
         return ANIL(body, nn.Linear(feat, O), lr=inner_lr, steps=steps, loss=loss, backend=backend)
     model = MLP(D, list(hidden), O, activation=activation)
     if algo == "metasgd":

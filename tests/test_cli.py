@@ -59,3 +59,52 @@ def test_train_digits_classification(capsys):
                    "--hidden", "32,32", "--no-progress"])
     assert rc == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_anil_keeps_its_hidden_layer():
+    from metakern.train import build_learner
+
+    anil = build_learner("anil", mk.tasks.Sinusoid(), hidden=(40,))
+    assert [type(m) for m in anil.body.modules()].count(torch.nn.Linear) == 1
+    assert anil.head.module.in_features == 40
+    assert isinstance(build_learner("anil", mk.tasks.Sinusoid(), hidden=()).body, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("algo,lr,steps", [("maml", 0.01, 1), ("reptile", 0.02, 5), ("anil", 0.1, 1)])
+def test_each_algorithm_has_its_own_defaults(algo, lr, steps):
+    from metakern.train import build_learner, inner_defaults
+
+    assert inner_defaults(algo) == (lr, steps)
+    learner = build_learner(algo, mk.tasks.Sinusoid(), hidden=(8,))
+    maml = learner.head if algo == "anil" else learner
+    assert maml.steps == steps and float(maml.lr) == pytest.approx(lr)
+
+
+def test_help_states_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag, text in (("--meta-lr", "(default: 0.001)"), ("--iterations", "(default: 2000)"),
+                       ("--device", "(default: cpu)"), ("--test-steps", "(default: --steps)")):
+        assert text in out, flag
+    assert "(default: None)" not in out and "reptile 0.02 x 5" in out
+
+
+@pytest.mark.parametrize("where", ["dir", "unwritable"])
+def test_save_is_checked_before_training(tmp_path, capsys, monkeypatch, where):
+    import os
+
+    target = tmp_path
+    if where == "unwritable":
+        target = tmp_path / "ro" / "ckpt.pt"
+        (tmp_path / "ro").mkdir()
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: False if str(p).startswith(str(tmp_path / "ro")) else real(p, m))
+    trained = []
+    from metakern import train as T
+
+    monkeypatch.setattr(T, "meta_train", lambda *a, **k: trained.append(1))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--iterations", "1", "--no-progress", "--save", str(target)])
+    assert e.value.code == 2 and not trained
+    assert "--save" in capsys.readouterr().err
