@@ -108,3 +108,16 @@ def test_save_is_checked_before_training(tmp_path, capsys, monkeypatch, where):
         cli.main(["train", "--iterations", "1", "--no-progress", "--save", str(target)])
     assert e.value.code == 2 and not trained
     assert "--save" in capsys.readouterr().err
+
+
+def test_train_reports_the_steady_state_rate(capsys):
+    assert cli.main(["train", "--iterations", "3", "--meta-batch", "2", "--test-tasks", "4", "--hidden", "4",
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "ms/iteration after the first iteration" in out and "(start-up)" in out
+    from metakern.train import meta_train
+
+    timings = {}
+    meta_train(mk.MAML(mk.MLP(1, [4], 1)), mk.tasks.Sinusoid(), iterations=2, meta_batch=2, progress=False,
+               timings=timings)
+    assert set(timings) == {"first_s", "rest_s"} and timings["first_s"] > 0 and timings["rest_s"] > 0
