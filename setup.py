@@ -67,8 +67,18 @@ def _real_cuda_home():
 
 
 def get_extensions():
-    cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    # csrc/ has one directory per layer (headers are included relative to csrc/):
+    #   schema/   op schemas (TORCH_LIBRARY) and the pybind module metakern._C
+    #   autograd/ the C++ autograd node of metakern._C.maml_loss
+    #   common/   host-device math and argument checks (headers only)
+    #   cpu/      the CPU kernels
+    #   cuda/     the CUDA kernels (*.cu) and their host C++ (*.cpp: the composed
+    #             maml_fwd, always built; the CUDA bindings, empty without CUDA)
+    # csrc/cuda/emu/ is a test harness (tests/test_cuda_emulator.py), not built here.
+    cpp_sources = sorted(
+        f for layer in ("schema", "autograd", "cpu", "cuda") for f in glob.glob(os.path.join("csrc", layer, "*.cpp"))
+    )
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     if _flag("METAKERN_SKIP_BUILD") or not cpp_sources:
         return [], {}
 

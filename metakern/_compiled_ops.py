@@ -1,6 +1,6 @@
 """Python-side registrations for the ops that ``metakern._C`` defines in C++.
 
-``TORCH_LIBRARY(metakern, m)`` (``csrc/ops.cpp``) declares the schemas and the
+``TORCH_LIBRARY(metakern, m)`` (``csrc/schema/ops.cpp``) declares the schemas and the
 CPU/CUDA kernels; here they get fake (meta) implementations, for ``torch.compile``
 and ``opcheck``, and autograd formulas: ``adapt_fwd`` is differentiated exactly
 (second order) through ``adapt_bwd``, ``mlp_fwd`` through ``mlp_bwd``. The

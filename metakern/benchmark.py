@@ -50,7 +50,7 @@ peak of the bytes allocated through PyTorch's CPU allocator during one call and 
 yet freed, from the profiler's memory events (:func:`cpu_peak_mb`): what the call
 adds on top of the model and data, the graph kept for the backward included. It
 does not see the C++ kernels' per-thread scratch (``std::aligned_alloc``,
-``(K + c) P`` elements per worker thread, ``csrc/metakern/task_math.h:Scratch``).
+``(K + c) P`` elements per worker thread, ``csrc/cpu/task_passes.h:Scratch``).
 ``grad_err`` is each provider's relative meta-gradient difference to ``vmap`` on the
 same inputs (``op`` rows), so a fast but wrong provider shows.
 

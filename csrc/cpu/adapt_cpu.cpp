@@ -1,8 +1,8 @@
 // C++ CPU kernels of the metakern ops (docs/kernels.md).
 //
-// Launchers: validate (metakern/checks.h), allocate outputs, then at::parallel_for
+// Launchers: validate (common/checks.h), allocate outputs, then at::parallel_for
 // over tasks. Each worker allocates one scratch block per chunk of tasks and runs the
-// per-task math of metakern/task_math.h on it; no state is shared between tasks and
+// per-task passes of cpu/task_passes.h on it; no state is shared between tasks and
 // no output is reduced across threads, so results are bitwise reproducible for any
 // thread count.
 #include <ATen/ATen.h>
@@ -16,8 +16,8 @@
 #include <tuple>
 #include <vector>
 
-#include "metakern/checks.h"
-#include "metakern/task_math.h"
+#include "common/checks.h"
+#include "cpu/task_passes.h"
 
 namespace metakern {
 namespace {

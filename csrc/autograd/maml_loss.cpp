@@ -1,6 +1,6 @@
 // metakern._C.maml_loss: the MAML objective as one C++ autograd node.
 //
-// The eager front end of metakern::maml_fwd (csrc/ops.cpp) for backends that have it.
+// The eager front end of metakern::maml_fwd (csrc/schema/ops.cpp) for backends that have it.
 // It does in C++ what metakern._ops._MamlFn does in Python: pack the parameter list
 // into theta, run maml_fwd (losses and per-task gradients in one walk of the inner
 // loop), reduce the losses over tasks; the backward weights the saved per-task
@@ -13,7 +13,7 @@
 // a Python Function under @once_differentiable, differentiating its backward again
 // raises. torch.compile never sees this function: under compile metakern composes
 // the registered adapt/mlp ops instead (metakern/_ops.py:maml_op).
-#include "maml_loss.h"
+#include "autograd/maml_loss.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>

@@ -1,7 +1,7 @@
-// metakern/gemm_simd.h — host (CPU) small-matrix product for task_math.h.
+// cpu/gemm_simd.h — host (CPU) small-matrix product for cpu/gemm.h.
 //
 //   C[M, Nc] = epilogue(init + A(M, K) B[K, Nc]),   A(m, k) = A[m*sam + k*sak],  B, C row-major
-//   (the contract of task::gemm in task_math.h).
+//   (the contract of task::gemm in cpu/gemm.h).
 //
 // The matrices of one task are tiny (10 x 40 times 40 x 40 in the sine benchmark),
 // so BLAS calls would cost more than the arithmetic. Instead: register tiles of MR
@@ -17,7 +17,7 @@
 // deterministic for any thread split. Epilogues are applied to each finished vector
 // in registers, before the store.
 //
-// Included by task_math.h for host compilers with vector extensions (not nvcc).
+// Included by cpu/gemm.h for host compilers with vector extensions (not nvcc).
 #pragma once
 
 #include <cstdint>

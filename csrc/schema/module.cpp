@@ -1,13 +1,13 @@
 // The Python module metakern._C: importing it loads the shared library, which
 // registers the ops (torch.ops.metakern.*). Its Python functions: build_info(), a
-// description of how the extension was compiled, maml_loss() (maml_loss.h) and
-// maml_fwd_composed() (maml_composed.h).
+// description of how the extension was compiled, maml_loss() (autograd/maml_loss.h)
+// and maml_fwd_composed() (cuda/maml_composed.h).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/version.h>
 
-#include "maml_composed.h"
-#include "maml_loss.h"
+#include "autograd/maml_loss.h"
+#include "cuda/maml_composed.h"
 
 #include <string>
 

@@ -1,4 +1,4 @@
-// metakern/checks.h — validation of the op arguments (docs/kernels.md), shared by
+// common/checks.h — validation of the op arguments (docs/kernels.md), shared by
 // every C++ launcher. Each failure is a TORCH_CHECK naming the argument, so a user
 // sees a RuntimeError (c10::Error) that says what to fix; nothing is indexed with
 // user data before these checks pass.

@@ -15,11 +15,11 @@
 //
 // Each op is dispatched by its tensors' device, below autograd. Nothing here is
 // device specific, so the CPU tests check the composition on the CPU ops.
-#include "maml_composed.h"
+#include "cuda/maml_composed.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include "metakern/checks.h"
+#include "common/checks.h"
 
 namespace metakern {
 namespace {
