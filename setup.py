@@ -70,7 +70,7 @@ def get_extensions():
     # csrc/ has one directory per layer (headers are included relative to csrc/):
     #   schema/   op schemas (TORCH_LIBRARY) and the pybind module metakern._C
     #   autograd/ the C++ autograd node of metakern._C.maml_loss
-    #   common/   host-device math and argument checks (headers only)
+    #   common/   host-device math, argument checks and codes (headers only)
     #   cpu/      the CPU kernels
     #   cuda/     the CUDA kernels (*.cu) and their host C++ (*.cpp: the composed
     #             maml_fwd, always built; the CUDA bindings, empty without CUDA)

@@ -24,6 +24,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/codes.h"
+
 #if defined(__CUDACC__)
 #define MK_HD __host__ __device__ __forceinline__
 #else
@@ -40,10 +42,6 @@ namespace metakern {
 namespace task {
 
 using i64 = int64_t;
-
-// Integer codes of the op schemas (docs/kernels.md).
-enum Act : int { kIdentity = 0, kRelu = 1, kTanh = 2, kSigmoid = 3 };
-enum Loss : int { kMSE = 0, kCrossEntropy = 1 };
 
 // ------------------------------------------------------------------ the network shape
 struct Mlp {

@@ -74,9 +74,9 @@ __device__ __forceinline__ T act_apply(T z) {
 // g * s'(z), s' from a = s(z); relu selects (0 at 0, as autograd), identity is g.
 template <int ACT, typename T>
 __device__ __forceinline__ T mul_d1(T a, T g) {
-  if constexpr (ACT == task::kIdentity) {
+  if constexpr (ACT == kIdentity) {
     return g;
-  } else if constexpr (ACT == task::kRelu) {
+  } else if constexpr (ACT == kRelu) {
     return a > T(0) ? g : T(0);
   } else {
     return g * task::act_d1<T>(ACT, a);
@@ -84,7 +84,7 @@ __device__ __forceinline__ T mul_d1(T a, T g) {
 }
 template <int ACT>
 struct ActTraits {
-  static constexpr bool kHasD2 = ACT == task::kTanh || ACT == task::kSigmoid;  // s'' != 0
+  static constexpr bool kHasD2 = ACT == kTanh || ACT == kSigmoid;  // s'' != 0
 };
 
 // ------------------------------------------------------------------ one layer forward

@@ -23,6 +23,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/codes.h"
+
 namespace metakern {
 namespace cuda_kernels {
 
@@ -31,7 +33,10 @@ constexpr int kMaxThreads = 256;  // largest block the host launches (kernels' _
 constexpr int64_t kDefaultSmem = 48 * 1024;      // dynamic shared memory without opt-in
 constexpr int64_t kMaxElems = int64_t(1) << 24;  // far above any shared-memory plan; keeps int math exact
 
-enum LossKind : int { kLossMSE = 0, kLossCE = 1, kLossExternal = 2 /* delta_L given (mlp_bwd) */ };
+// The loss a kernel is instantiated for: the op's loss code (common/codes.h), or
+// kLossExternal when delta_L is given (mlp_bwd's grad_out).
+enum LossKind : int { kLossMSE = kMSE, kLossCE = kCrossEntropy, kLossExternal = 2 };
+static_assert(kLossExternal != kLossMSE && kLossExternal != kLossCE, "kLossExternal must not be a Loss code");
 enum GxMode : int { kGxNone = 0, kGxDelta = 1 /* g_x = delta_0 */, kGxMinusRDelta = 2 /* g_x -= R{delta_0} */ };
 enum PlanKind : int { kPlanAdapt = 0, kPlanMlpBwd = 1, kPlanMlpFwd = 2 };
 

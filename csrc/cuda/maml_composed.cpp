@@ -86,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_composed(const at::Tenso
   const at::Tensor theta_k = call_adapt_fwd(theta, lr, xs, ys, dims, steps, loss, act);
   const at::Tensor out = call_mlp_fwd(theta_k, xq, dims, act);
   at::Tensor losses, d_out;
-  if (loss == 0) {  // MSE, mean over the task's Nq * O entries
+  if (loss == kMSE) {  // MSE, mean over the task's Nq * O entries
     const at::Tensor diff = out - yq;
     losses = diff.square().mean({1, 2});
     if (need_grad) d_out = diff * (2.0 / static_cast<double>(Nq * pr.O));

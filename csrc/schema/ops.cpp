@@ -1,7 +1,7 @@
 // The metakern operator schemas (docs/kernels.md). Implementations register beside
 // each kernel: csrc/cpu (TORCH_LIBRARY_IMPL(metakern, CPU, ...)), csrc/cuda (CUDA).
-// Integer codes: loss 0 = MSE, 1 = cross-entropy; act 0 = identity, 1 = relu,
-// 2 = tanh, 3 = sigmoid.
+// Integer codes (common/codes.h): loss 0 = MSE, 1 = cross-entropy; act 0 = identity,
+// 1 = relu, 2 = tanh, 3 = sigmoid.
 #include <torch/library.h>
 
 TORCH_LIBRARY(metakern, m) {
