@@ -17,6 +17,17 @@ def test_extension_built():
     assert ext.build_info()["torch_version"] == torch.__version__.split("+")[0]
 
 
+def test_codes():
+    """The integer codes of the op arguments, as the C++ enums define them (csrc/common/codes.h)."""
+    ext, err = backends._load_ext()
+    assert ext is not None, err
+    assert ext.codes() == {
+        "Act": {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3},
+        "Loss": {"mse": 0, "cross_entropy": 1},
+        "Reduction": {"mean": 0, "sum": 1, "none": 2},
+    }
+
+
 def _cuobjdump():
     found = shutil.which("cuobjdump")
     if found:

@@ -1,14 +1,17 @@
 // The Python module metakern._C: importing it loads the shared library, which
 // registers the ops (torch.ops.metakern.*). Its Python functions: build_info(), a
-// description of how the extension was compiled, maml_loss() (autograd/maml_loss.h)
-// and maml_fwd_composed() (cuda/maml_composed.h).
+// description of how the extension was compiled, codes(), the integer codes of the
+// op arguments (common/codes.h), maml_loss() (autograd/maml_loss.h) and
+// maml_fwd_composed() (cuda/maml_composed.h).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/version.h>
 
 #include "autograd/maml_loss.h"
+#include "common/codes.h"
 #include "cuda/maml_composed.h"
 
+#include <cstddef>
 #include <string>
 
 #ifdef _OPENMP
@@ -74,12 +77,31 @@ pybind11::dict build_info() {
   return d;
 }
 
+template <size_t N>
+pybind11::dict code_dict(const metakern::CodeName (&names)[N]) {
+  pybind11::dict d;
+  for (const metakern::CodeName& c : names) d[c.name] = c.code;
+  return d;
+}
+
+// {"Act": {"identity": 0, ...}, "Loss": {...}, "Reduction": {...}} from the enums of common/codes.h.
+pybind11::dict codes() {
+  pybind11::dict d;
+  d["Act"] = code_dict(metakern::kActNames);
+  d["Loss"] = code_dict(metakern::kLossNames);
+  d["Reduction"] = code_dict(metakern::kReductionNames);
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "metakern compiled kernels (ops registered as torch.ops.metakern.*)";
   m.def("build_info", &build_info,
         "How metakern._C was built: compiler, OpenMP and threads, SIMD flags, whether CUDA kernels are in.");
+  m.def("codes", &codes,
+        "The integer codes of the op arguments, from the enums of csrc/common/codes.h: {'Act': {name: code}, "
+        "'Loss': {...}, 'Reduction': {...}} (act and loss of every op, reduction of maml_loss).");
   m.def("maml_loss", &metakern::maml_loss,
         "The MAML objective over metakern::maml_fwd as one C++ autograd node: (params, lr, xs, ys, xq, yq, "
         "dims, per_task, steps, loss, act, first_order, reduction) -> loss; reduction 0 mean, 1 sum, 2 none.",
