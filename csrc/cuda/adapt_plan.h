@@ -3,7 +3,8 @@
 // Plain C++ (no CUDA runtime): the kernels (adapt_kernels.cuh) read MlpShape and
 // SmemPlan, the launchers (adapt_cuda.cu) build them with make_shape() and
 // configure(). Keeping this host logic free of CUDA lets it be exercised without a
-// GPU.
+// GPU, and built without CUDA: metakern._C.cuda_smem_bytes and cuda_max_layers
+// (schema/module.cpp) report from it in every build.
 //
 // Shared memory per thread block (one task, nb points at a time), in elements of
 // the dtype (float32 or float64), ld_l = d_l | 1 (odd row stride),
@@ -22,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 
 #include "common/codes.h"
 
@@ -132,6 +134,16 @@ inline MlpShape make_shape(const char* op, c10::IntArrayRef dims) {
   s.maxld = static_cast<int>(maxld);
   s.maxld_in = static_cast<int>(maxld_in);
   return s;
+}
+
+// Shared memory per block (bytes) that every op on this model needs with one point
+// per chunk, the least configure() accepts for all four: the largest of their plans
+// at nb = 1 (adapt_bwd second order, 4 P + 2 S - ld_0 + 4 Wd elements).
+// Reported by metakern._C.cuda_smem_bytes, to compare with a device's limit.
+inline int64_t smem_bytes_one_point(const MlpShape& s, int64_t elt) {
+  const int64_t plans[] = {plan_smem(s, 1, kPlanAdapt, false).total, plan_smem(s, 1, kPlanAdapt, true).total,
+                           plan_smem(s, 1, kPlanMlpBwd, false).total, plan_smem(s, 1, kPlanMlpFwd, false).total};
+  return *std::max_element(std::begin(plans), std::end(plans)) * elt;
 }
 
 struct LaunchCfg {
