@@ -84,8 +84,8 @@ MK_HD LayerOff layer_off(const Mlp& net, int l) {
 // ------------------------------------------------------------------ scalar functions
 // float32 exp and tanh are written out (Cephes polynomials, within 2 ulp of the
 // correctly rounded result over the whole range) so that loops over them vectorise:
-// libm's expf/tanhf are opaque calls, ~10x slower per element than the matrix work
-// they sit next to. float64 uses libm (it is the accuracy / gradcheck dtype).
+// libm's expf/tanhf are opaque calls, which keep those loops scalar. float64 uses
+// libm (it is the accuracy / gradcheck dtype).
 MK_HD float mk_bits_to_float(int32_t b) {
 #if defined(__CUDA_ARCH__)
   return __int_as_float(b);

@@ -244,8 +244,8 @@ inline void gemm_rows(i64 M, i64 Nc, i64 K, const T* A, i64 sam, i64 sak, const 
 // The sum of a vector's lanes as a fixed pairwise tree: lane l + lane l + L/2, then
 // l + l + L/4, ... (depth log2 L instead of a chain of L adds). With AVX-512 the
 // same pairs are added in registers (halves, quarters, ...), written out rather than
-// left to a reduce intrinsic, whose order is the compiler's choice; a round trip
-// through memory here stalled on store forwarding (~40% of gemv_dot's time).
+// left to a reduce intrinsic, whose order is the compiler's choice, and without a
+// round trip through memory (which stalls on store forwarding).
 template <typename T>
 inline T lane_sum(typename Vec<T>::type v) {
 #if defined(__AVX512F__)

@@ -1,11 +1,9 @@
 // metakern::maml_fwd composed from adapt_fwd, mlp_fwd, mlp_bwd and adapt_bwd.
 //
 // The CPU kernels compute the MAML objective in one walk of the inner loop
-// (csrc/cpu/adapt_cpu.cpp). The CUDA kernels have no such fused objective; before
-// this file, metakern composed their four ops in Python (metakern._ops), about 1 ms
-// of host time per call on an H200 (bench/NOTES.md, GPU session 2026-11-27), the
-// whole cost of a call below a few thousand tasks. Here the same composition runs in
-// C++, so the C++ autograd node of metakern._C.maml_loss serves the CUDA backend too:
+// (csrc/cpu/adapt_cpu.cpp). The CUDA kernels have no such fused objective: their
+// maml_fwd is this composition of their four ops, in C++ (no Python between the
+// ops), so the C++ autograd node of metakern._C.maml_loss serves the CUDA backend too:
 //
 //   theta_K        = adapt_fwd(theta, lr, xs, ys)                  [T, P]
 //   out            = mlp_fwd(theta_K, xq)                          [T, Nq, O]
