@@ -4,7 +4,8 @@ Builds the Python package and, when ``csrc/`` has sources, the compiled extensio
 ``metakern._C``: the C++ CPU kernels always, and the CUDA kernels (``csrc/cuda/*.cu``)
 when ``nvcc`` and a CUDA build of torch are present (no GPU needed to compile).
 
-Install after torch: ``pip install --no-build-isolation -e .``
+Install after torch: ``pip install --no-build-isolation -e .`` (or ``.``); pyproject.toml
+says why the build is not isolated.
 
 Environment flags:
   METAKERN_SKIP_CUDA_BUILD=1   never compile the CUDA sources
