@@ -4,7 +4,8 @@ Builds the Python package and, when ``csrc/`` has sources, the compiled extensio
 ``metakern._C``: the C++ CPU kernels always, and the CUDA kernels (``csrc/cuda/*.cu``)
 when ``nvcc`` and a CUDA build of torch are present (no GPU needed to compile).
 
-Install after torch: ``pip install --no-build-isolation -e .``
+Install after torch: ``pip install --no-build-isolation -e .`` (or ``.``); pyproject.toml
+says why the build is not isolated.
 
 Environment flags:
   METAKERN_SKIP_CUDA_BUILD=1   never compile the CUDA sources
@@ -67,8 +68,18 @@ def _real_cuda_home():
 
 
 def get_extensions():
-    cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    # csrc/ has one directory per layer (headers are included relative to csrc/):
+    #   schema/   op schemas (TORCH_LIBRARY) and the pybind module metakern._C
+    #   autograd/ the C++ autograd node of metakern._C.maml_loss
+    #   common/   host-device math, argument checks and codes (headers only)
+    #   cpu/      the CPU kernels
+    #   cuda/     the CUDA kernels (*.cu) and their host C++ (*.cpp: the composed
+    #             maml_fwd, always built; the CUDA bindings, empty without CUDA)
+    # csrc/cuda/emu/ is a test harness (tests/test_cuda_emulator.py), not built here.
+    cpp_sources = sorted(
+        f for layer in ("schema", "autograd", "cpu", "cuda") for f in glob.glob(os.path.join("csrc", layer, "*.cpp"))
+    )
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     if _flag("METAKERN_SKIP_BUILD") or not cpp_sources:
         return [], {}
 

@@ -2,7 +2,7 @@
 
 The bottom of the package (it imports only torch): every other layer takes these
 facts from here, and ``tests/test_build.py`` checks that the C++ enums of
-``csrc/metakern/codes.h`` (``metakern._C.codes()``) match them. ``docs/kernels.md``
+``csrc/common/codes.h`` (``metakern._C.codes()``) match them. ``docs/kernels.md``
 states the contract; ``docs/architecture.md`` the layers.
 
 Packed layout: a model's parameters ``W_1, b_1, ..., W_L, b_L`` (``nn.Linear``

@@ -1,6 +1,6 @@
 """Validation: every check of a user's call, and the validated :class:`Problem` it becomes.
 
-The Python twin of ``csrc/metakern/checks.h``: the public modules (``functional``,
+The Python twin of ``csrc/common/checks.h``: the public modules (``functional``,
 ``learners``, ``tasks``) check their arguments here, with errors that name the
 argument and the fix (``TypeError`` / ``ValueError``; ``RuntimeError`` from the
 backend choice), and hand the result to ``metakern._ops``. Below this layer nothing

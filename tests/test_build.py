@@ -1,5 +1,6 @@
 """The installed extension: what it was built with, and that the package works without it."""
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,47 @@ def test_extension_built():
     import torch
 
     assert ext.build_info()["torch_version"] == torch.__version__.split("+")[0]
+
+
+def test_codes_match_the_contract():
+    """The integer codes of the op arguments: the C++ enums (csrc/common/codes.h) are the
+    Python ones (metakern/_contract.py), name for name and value for value."""
+    from metakern import _contract
+
+    ext, err = backends.load_extension()
+    assert ext is not None, err
+    python = {e.__name__: {m.name.lower(): int(m) for m in e}
+              for e in (_contract.Act, _contract.Loss, _contract.Reduction)}
+    assert ext.codes() == python
+    assert python["Act"] == {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}  # what docs/kernels.md states
+
+
+def _smem_formula(dims, elem_size):
+    """The CUDA kernels' shared memory per block with one point per chunk, written out:
+    (4P + 2S - ld_0 + 4 Wd) * elem_size, ld_l = d_l | 1, S = sum_l ld_l, Wd = max_{l>=1} ld_l
+    (the second-order adapt_bwd plan of csrc/cuda/adapt_plan.h, the largest)."""
+    ld = [d | 1 for d in dims]
+    P = sum(dims[l] * (dims[l - 1] + 1) for l in range(1, len(dims)))
+    return (4 * P + 2 * sum(ld) - ld[0] + 4 * max(ld[1:])) * elem_size
+
+
+def test_cuda_smem_bytes_and_max_layers():
+    """_C.cuda_smem_bytes (adapt_plan.h's own plan) against the formula, in every build."""
+    ext, err = backends.load_extension()
+    assert ext is not None, err
+    assert ext.cuda_max_layers() == 16
+    rng = random.Random(20261203)
+    cases = [[1, 40, 40, 1], [1, 40, 40, 3], [1, 1], [2, 2], [4, 2], [3, 17, 5], [6, 64, 64, 4], [784, 256, 10]]
+    cases += [[1] * 17, [8] * 17]  # the most layers the kernels take
+    for _ in range(40):
+        cases.append([rng.randint(1, 300) for _ in range(rng.randint(2, 17))])
+    for dims in cases:
+        for elem_size in (4, 8):
+            assert ext.cuda_smem_bytes(dims, elem_size) == _smem_formula(dims, elem_size), (dims, elem_size)
+    with pytest.raises(RuntimeError, match="layers"):
+        ext.cuda_smem_bytes([2] * 18, 4)
+    with pytest.raises(ValueError, match="elem_size"):
+        ext.cuda_smem_bytes([1, 40, 1], 2)
 
 
 def _cuobjdump():

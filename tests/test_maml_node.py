@@ -60,7 +60,7 @@ def _composed_cases():
 def test_composed_maml_fwd_matches_fused(request, dims, act, loss, first_order, steps, shared, need_grad, need_lr,
                                          dtype):
     """The C++ composition of adapt_fwd, mlp_fwd, mlp_bwd and adapt_bwd (the CUDA
-    backend's maml_fwd, csrc/maml_composed.cpp), run on the CPU ops, against the fused
+    backend's maml_fwd, csrc/cuda/maml_composed.cpp), run on the CPU ops, against the fused
     CPU kernel and the torch backend's maml_fwd: losses, g_theta, g_lr and their shapes."""
     from metakern import _C
     from metakern.backends import torch_backend as TB

@@ -1,8 +1,8 @@
 // C++ CPU kernels of the metakern ops (docs/kernels.md).
 //
-// Launchers: validate (metakern/checks.h), allocate outputs, then at::parallel_for
+// Launchers: validate (common/checks.h), allocate outputs, then at::parallel_for
 // over tasks. Each worker allocates one scratch block per chunk of tasks and runs the
-// per-task math of metakern/task_math.h on it; no state is shared between tasks and
+// per-task passes of cpu/task_passes.h on it; no state is shared between tasks and
 // no output is reduced across threads, so results are bitwise reproducible for any
 // thread count.
 #include <ATen/ATen.h>
@@ -16,8 +16,8 @@
 #include <tuple>
 #include <vector>
 
-#include "metakern/checks.h"
-#include "metakern/task_math.h"
+#include "common/checks.h"
+#include "cpu/task_passes.h"
 
 namespace metakern {
 namespace {
@@ -88,8 +88,8 @@ at::Tensor adapt_fwd_cpu(const at::Tensor& theta, const at::Tensor& lr, const at
     const scalar_t* th = theta.data_ptr<scalar_t>();
     const scalar_t* lrp = lr.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* yf = loss == tm::kMSE ? y.data_ptr<scalar_t>() : nullptr;
-    const int64_t* yi = loss == tm::kCrossEntropy ? y.data_ptr<int64_t>() : nullptr;
+    const scalar_t* yf = loss == kMSE ? y.data_ptr<scalar_t>() : nullptr;
+    const int64_t* yi = loss == kCrossEntropy ? y.data_ptr<int64_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
     const int64_t N = pr.N, P = pr.P, ND = N * pr.D, NO = N * pr.O;
     const int64_t th_stride = pr.shared_theta ? 0 : P;
@@ -127,8 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapt_bwd_cpu(const at::Tensor& g
     const scalar_t* th = theta.data_ptr<scalar_t>();
     const scalar_t* lrp = lr.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* yf = loss == tm::kMSE ? y.data_ptr<scalar_t>() : nullptr;
-    const int64_t* yi = loss == tm::kCrossEntropy ? y.data_ptr<int64_t>() : nullptr;
+    const scalar_t* yf = loss == kMSE ? y.data_ptr<scalar_t>() : nullptr;
+    const int64_t* yi = loss == kCrossEntropy ? y.data_ptr<int64_t>() : nullptr;
     scalar_t* gtp = g_theta.data_ptr<scalar_t>();
     scalar_t* glp = g_lr.data_ptr<scalar_t>();
     scalar_t* gxp = g_x.data_ptr<scalar_t>();
@@ -228,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_cpu(const at::Tensor& th
     const scalar_t* lrp = lr.data_ptr<scalar_t>();
     const scalar_t* xsp = xs.data_ptr<scalar_t>();
     const scalar_t* xqp = xq.data_ptr<scalar_t>();
-    const bool mse = loss == tm::kMSE;
+    const bool mse = loss == kMSE;
     const scalar_t* ysf = mse ? ys.data_ptr<scalar_t>() : nullptr;
     const int64_t* ysi = mse ? nullptr : ys.data_ptr<int64_t>();
     const scalar_t* yqf = mse ? yq.data_ptr<scalar_t>() : nullptr;

@@ -24,9 +24,9 @@
 #include <cstdint>
 #include <tuple>
 
-#include "adapt_cuda.h"
-#include "adapt_kernels.cuh"
-#include "static_switch.h"
+#include "cuda/adapt_cuda.h"
+#include "cuda/adapt_kernels.cuh"
+#include "cuda/static_switch.h"
 
 namespace metakern {
 namespace cuda_impl {

@@ -1,7 +1,7 @@
-// CUDA implementations of the metakern ops (schemas in csrc/ops.cpp):
+// CUDA implementations of the metakern ops (schemas in csrc/schema/ops.cpp):
 // validation of every argument, then the launchers of adapt_cuda.cu.
 //
-// Validation is shared with the CPU kernels (metakern/checks.h: dims, act, loss,
+// Validation is shared with the CPU kernels (common/checks.h: dims, act, loss,
 // steps, dtypes float32/float64 all matching theta, shapes against dims,
 // contiguity, same device, y int64 in [0, O) for cross-entropy); this file adds
 // that every tensor is a CUDA tensor. The CUDA-specific limits (layers, shared
@@ -13,9 +13,9 @@
 
 #include <tuple>
 
-#include "adapt_cuda.h"
-#include "maml_composed.h"
-#include "metakern/checks.h"
+#include "common/checks.h"
+#include "cuda/adapt_cuda.h"
+#include "cuda/maml_composed.h"
 
 namespace metakern {
 namespace {
@@ -86,7 +86,7 @@ TORCH_LIBRARY_IMPL(metakern, CUDA, m) {
   m.impl("adapt_bwd", &adapt_bwd_cuda);
   m.impl("mlp_fwd", &mlp_fwd_cuda);
   m.impl("mlp_bwd", &mlp_bwd_cuda);
-  // The MAML objective: the four kernels above composed in C++ (csrc/maml_composed.cpp).
+  // The MAML objective: the four kernels above composed in C++ (csrc/cuda/maml_composed.cpp).
   m.impl("maml_fwd", &maml_fwd_composed);
 }
 

@@ -21,7 +21,7 @@
 //   R{gW_l} = R{delta_l}^T a_{l-1} + delta_l^T R{a_{l-1}},  R{gb_l} = sum_n R{delta_l}
 //   R{delta_{l-1}} = (R{delta_l} W_l + delta_l uW_l) s'(z_{l-1}) + (delta_l W_l) s''(z_{l-1}) R{z_{l-1}}
 //   R{delta_0} = R{delta_1} W_1 + delta_1 uW_1
-// s' and s'' are evaluated from a = s(z) (see metakern/task_math.h), so z is never
+// s' and s'' are evaluated from a = s(z) (see common/task_math.h), so z is never
 // stored: relu' = [a > 0], tanh' = 1 - a^2, sigmoid' = a (1 - a).
 //
 // Points are processed in chunks of nb (nb = N whenever it fits, which is the
@@ -36,8 +36,8 @@
 
 #include <cuda_runtime.h>
 
-#include "adapt_plan.h"
-#include "metakern/task_math.h"
+#include "common/task_math.h"
+#include "cuda/adapt_plan.h"
 
 namespace metakern {
 namespace cuda_kernels {
@@ -74,9 +74,9 @@ __device__ __forceinline__ T act_apply(T z) {
 // g * s'(z), s' from a = s(z); relu selects (0 at 0, as autograd), identity is g.
 template <int ACT, typename T>
 __device__ __forceinline__ T mul_d1(T a, T g) {
-  if constexpr (ACT == task::kIdentity) {
+  if constexpr (ACT == kIdentity) {
     return g;
-  } else if constexpr (ACT == task::kRelu) {
+  } else if constexpr (ACT == kRelu) {
     return a > T(0) ? g : T(0);
   } else {
     return g * task::act_d1<T>(ACT, a);
@@ -84,7 +84,7 @@ __device__ __forceinline__ T mul_d1(T a, T g) {
 }
 template <int ACT>
 struct ActTraits {
-  static constexpr bool kHasD2 = ACT == task::kTanh || ACT == task::kSigmoid;  // s'' != 0
+  static constexpr bool kHasD2 = ACT == kTanh || ACT == kSigmoid;  // s'' != 0
 };
 
 // ------------------------------------------------------------------ one layer forward

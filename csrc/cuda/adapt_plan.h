@@ -3,7 +3,8 @@
 // Plain C++ (no CUDA runtime): the kernels (adapt_kernels.cuh) read MlpShape and
 // SmemPlan, the launchers (adapt_cuda.cu) build them with make_shape() and
 // configure(). Keeping this host logic free of CUDA lets it be exercised without a
-// GPU.
+// GPU, and built without CUDA: metakern._C.cuda_smem_bytes and cuda_max_layers
+// (schema/module.cpp) report from it in every build.
 //
 // Shared memory per thread block (one task, nb points at a time), in elements of
 // the dtype (float32 or float64), ld_l = d_l | 1 (odd row stride),
@@ -22,6 +23,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
+
+#include "common/codes.h"
 
 namespace metakern {
 namespace cuda_kernels {
@@ -31,7 +35,10 @@ constexpr int kMaxThreads = 256;  // largest block the host launches (kernels' _
 constexpr int64_t kDefaultSmem = 48 * 1024;      // dynamic shared memory without opt-in
 constexpr int64_t kMaxElems = int64_t(1) << 24;  // far above any shared-memory plan; keeps int math exact
 
-enum LossKind : int { kLossMSE = 0, kLossCE = 1, kLossExternal = 2 /* delta_L given (mlp_bwd) */ };
+// The loss a kernel is instantiated for: the op's loss code (common/codes.h), or
+// kLossExternal when delta_L is given (mlp_bwd's grad_out).
+enum LossKind : int { kLossMSE = kMSE, kLossCE = kCrossEntropy, kLossExternal = 2 };
+static_assert(kLossExternal != kLossMSE && kLossExternal != kLossCE, "kLossExternal must not be a Loss code");
 enum GxMode : int { kGxNone = 0, kGxDelta = 1 /* g_x = delta_0 */, kGxMinusRDelta = 2 /* g_x -= R{delta_0} */ };
 enum PlanKind : int { kPlanAdapt = 0, kPlanMlpBwd = 1, kPlanMlpFwd = 2 };
 
@@ -127,6 +134,16 @@ inline MlpShape make_shape(const char* op, c10::IntArrayRef dims) {
   s.maxld = static_cast<int>(maxld);
   s.maxld_in = static_cast<int>(maxld_in);
   return s;
+}
+
+// Shared memory per block (bytes) that every op on this model needs with one point
+// per chunk, the least configure() accepts for all four: the largest of their plans
+// at nb = 1 (adapt_bwd second order, 4 P + 2 S - ld_0 + 4 Wd elements).
+// Reported by metakern._C.cuda_smem_bytes, to compare with a device's limit.
+inline int64_t smem_bytes_one_point(const MlpShape& s, int64_t elt) {
+  const int64_t plans[] = {plan_smem(s, 1, kPlanAdapt, false).total, plan_smem(s, 1, kPlanAdapt, true).total,
+                           plan_smem(s, 1, kPlanMlpBwd, false).total, plan_smem(s, 1, kPlanMlpFwd, false).total};
+  return *std::max_element(std::begin(plans), std::end(plans)) * elt;
 }
 
 struct LaunchCfg {

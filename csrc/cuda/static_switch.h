@@ -13,6 +13,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "common/codes.h"
+
 #define MK_BOOL_SWITCH(COND, CONST_NAME, ...)   \
   [&] {                                         \
     if (COND) {                                 \
@@ -24,24 +26,24 @@
     }                                           \
   }()
 
-// act: 0 identity, 1 relu, 2 tanh, 3 sigmoid (docs/kernels.md).
+// act: common/codes.h (docs/kernels.md).
 #define MK_ACT_SWITCH(ACT, CONST_NAME, ...)                                 \
   [&] {                                                                     \
     switch (ACT) {                                                          \
-      case 0: {                                                             \
-        constexpr static int CONST_NAME = 0;                                \
+      case ::metakern::kIdentity: {                                         \
+        constexpr static int CONST_NAME = ::metakern::kIdentity;            \
         return __VA_ARGS__();                                               \
       }                                                                     \
-      case 1: {                                                             \
-        constexpr static int CONST_NAME = 1;                                \
+      case ::metakern::kRelu: {                                             \
+        constexpr static int CONST_NAME = ::metakern::kRelu;                \
         return __VA_ARGS__();                                               \
       }                                                                     \
-      case 2: {                                                             \
-        constexpr static int CONST_NAME = 2;                                \
+      case ::metakern::kTanh: {                                             \
+        constexpr static int CONST_NAME = ::metakern::kTanh;                \
         return __VA_ARGS__();                                               \
       }                                                                     \
-      case 3: {                                                             \
-        constexpr static int CONST_NAME = 3;                                \
+      case ::metakern::kSigmoid: {                                          \
+        constexpr static int CONST_NAME = ::metakern::kSigmoid;             \
         return __VA_ARGS__();                                               \
       }                                                                     \
       default:                                                              \
@@ -49,16 +51,16 @@
     }                                                                       \
   }()
 
-// loss: 0 MSE, 1 cross-entropy (docs/kernels.md).
+// loss: common/codes.h (docs/kernels.md).
 #define MK_LOSS_SWITCH(LOSS, CONST_NAME, ...)                                 \
   [&] {                                                                       \
     switch (LOSS) {                                                           \
-      case 0: {                                                               \
-        constexpr static int CONST_NAME = 0;                                  \
+      case ::metakern::kMSE: {                                                \
+        constexpr static int CONST_NAME = ::metakern::kMSE;                   \
         return __VA_ARGS__();                                                 \
       }                                                                       \
-      case 1: {                                                               \
-        constexpr static int CONST_NAME = 1;                                  \
+      case ::metakern::kCrossEntropy: {                                       \
+        constexpr static int CONST_NAME = ::metakern::kCrossEntropy;          \
         return __VA_ARGS__();                                                 \
       }                                                                       \
       default:                                                                \

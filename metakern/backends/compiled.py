@@ -27,6 +27,7 @@ def load_extension():
                 from .. import _C  # registers torch.ops.metakern.*
 
                 EXT_INFO.update(_C.build_info())
+                EXT_INFO["cuda_max_layers"] = _C.cuda_max_layers()
                 _EXT = _C
             except ImportError as e:  # not built, or built against another torch
                 _EXT_ERR = (
@@ -112,7 +113,12 @@ def _cuda_smem_bytes(dims, elem_size: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _cuda_smem_cached(dims, elem_size):
-    return int(_EXT.cuda_smem_bytes(list(dims), elem_size))
+    """Bytes of shared memory per block the CUDA kernels need for ``dims``; -1 where
+    their plan refuses the model (sizes beyond its integer range)."""
+    try:
+        return int(_EXT.cuda_smem_bytes(list(dims), elem_size))
+    except RuntimeError:
+        return -1
 
 
 class CudaBackend(_CompiledBackend):
@@ -141,8 +147,10 @@ class CudaBackend(_CompiledBackend):
             return reasons
         props = torch.cuda.get_device_properties(call.device)
         limit = getattr(props, "shared_memory_per_block_optin", 48 * 1024)
-        # the plan of csrc/cuda (the second-order backward, one point per chunk: the largest)
+        # the plan of csrc/cuda/adapt_plan.h (the second-order backward, one point per chunk: the largest)
         need = _cuda_smem_bytes(call.dims, call.dtype.itemsize)
-        if need > limit:
+        if need < 0:
+            reasons.append(f"dims {list(call.dims)} are too large for the cuda kernels' shared-memory plan")
+        elif need > limit:
             reasons.append(f"the model needs {need} bytes of shared memory per block, above this device's {limit}")
         return reasons

@@ -16,7 +16,7 @@ CPU allocator during one call and not yet freed, from the profiler's memory even
 (:func:`cpu_peak_mb`): what the call adds on top of the model and data, the graph kept
 for the backward included. It does not see the C++ kernels' per-thread scratch
 (``std::aligned_alloc``, ``(K + c) P`` elements per worker thread,
-``csrc/metakern/task_math.h:Scratch``).
+``csrc/cpu/task_passes.h:Scratch``).
 """
 from __future__ import annotations
 

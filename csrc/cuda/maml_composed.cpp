@@ -1,11 +1,9 @@
 // metakern::maml_fwd composed from adapt_fwd, mlp_fwd, mlp_bwd and adapt_bwd.
 //
 // The CPU kernels compute the MAML objective in one walk of the inner loop
-// (csrc/cpu/adapt_cpu.cpp). The CUDA kernels have no such fused objective; before
-// this file, metakern composed their four ops in Python (metakern._ops), about 1 ms
-// of host time per call on an H200 (bench/NOTES.md, GPU session 2026-11-27), the
-// whole cost of a call below a few thousand tasks. Here the same composition runs in
-// C++, so the C++ autograd node of metakern._C.maml_loss serves the CUDA backend too:
+// (csrc/cpu/adapt_cpu.cpp). The CUDA kernels have no such fused objective: their
+// maml_fwd is this composition of their four ops, in C++ (no Python between the
+// ops), so the C++ autograd node of metakern._C.maml_loss serves the CUDA backend too:
 //
 //   theta_K        = adapt_fwd(theta, lr, xs, ys)                  [T, P]
 //   out            = mlp_fwd(theta_K, xq)                          [T, Nq, O]
@@ -15,11 +13,11 @@
 //
 // Each op is dispatched by its tensors' device, below autograd. Nothing here is
 // device specific, so the CPU tests check the composition on the CPU ops.
-#include "maml_composed.h"
+#include "cuda/maml_composed.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include "metakern/checks.h"
+#include "common/checks.h"
 
 namespace metakern {
 namespace {
@@ -86,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_composed(const at::Tenso
   const at::Tensor theta_k = call_adapt_fwd(theta, lr, xs, ys, dims, steps, loss, act);
   const at::Tensor out = call_mlp_fwd(theta_k, xq, dims, act);
   at::Tensor losses, d_out;
-  if (loss == 0) {  // MSE, mean over the task's Nq * O entries
+  if (loss == kMSE) {  // MSE, mean over the task's Nq * O entries
     const at::Tensor diff = out - yq;
     losses = diff.square().mean({1, 2});
     if (need_grad) d_out = diff * (2.0 / static_cast<double>(Nq * pr.O));

@@ -1,7 +1,7 @@
-// metakern/gemm_simd.h — host (CPU) small-matrix product for task_math.h.
+// cpu/gemm_simd.h — host (CPU) small-matrix product for cpu/gemm.h.
 //
 //   C[M, Nc] = epilogue(init + A(M, K) B[K, Nc]),   A(m, k) = A[m*sam + k*sak],  B, C row-major
-//   (the contract of task::gemm in task_math.h).
+//   (the contract of task::gemm in cpu/gemm.h).
 //
 // The matrices of one task are tiny (10 x 40 times 40 x 40 in the sine benchmark),
 // so BLAS calls would cost more than the arithmetic. Instead: register tiles of MR
@@ -17,7 +17,7 @@
 // deterministic for any thread split. Epilogues are applied to each finished vector
 // in registers, before the store.
 //
-// Included by task_math.h for host compilers with vector extensions (not nvcc).
+// Included by cpu/gemm.h for host compilers with vector extensions (not nvcc).
 #pragma once
 
 #include <cstdint>
@@ -244,8 +244,8 @@ inline void gemm_rows(i64 M, i64 Nc, i64 K, const T* A, i64 sam, i64 sak, const 
 // The sum of a vector's lanes as a fixed pairwise tree: lane l + lane l + L/2, then
 // l + l + L/4, ... (depth log2 L instead of a chain of L adds). With AVX-512 the
 // same pairs are added in registers (halves, quarters, ...), written out rather than
-// left to a reduce intrinsic, whose order is the compiler's choice; a round trip
-// through memory here stalled on store forwarding (~40% of gemv_dot's time).
+// left to a reduce intrinsic, whose order is the compiler's choice, and without a
+// round trip through memory (which stalls on store forwarding).
 template <typename T>
 inline T lane_sum(typename Vec<T>::type v) {
 #if defined(__AVX512F__)

@@ -8,7 +8,7 @@
 
 namespace metakern {
 
-// The contract of metakern::maml_fwd (csrc/ops.cpp), computed as
+// The contract of metakern::maml_fwd (csrc/schema/ops.cpp), computed as
 //   theta_K = adapt_fwd(theta, ...), out = mlp_fwd(theta_K, xq), the per-task query
 //   losses and dl/dout in ATen, mlp_bwd for dl/dtheta_K, adapt_bwd for dl/dtheta and
 //   dl/dlr:

@@ -1,19 +1,17 @@
 // metakern._C.maml_loss: the MAML objective as one C++ autograd node.
 //
-// The eager front end of metakern::maml_fwd (csrc/ops.cpp) for backends that have it.
+// The eager front end of metakern::maml_fwd (csrc/schema/ops.cpp) for backends that have it.
 // It does in C++ what metakern._ops._MamlFn does in Python: pack the parameter list
 // into theta, run maml_fwd (losses and per-task gradients in one walk of the inner
 // loop), reduce the losses over tasks; the backward weights the saved per-task
 // gradients by dL/dl_t, sums them over tasks for shared tensors and hands each
-// parameter its own view. At T = 25 sine tasks the kernel is ~0.25 ms, and the
-// Python Function's forward and backward around it cost as much again
-// (bench/NOTES.md, v1.3); here they are a few ATen calls.
+// parameter its own view: a few ATen calls around the kernel, no Python.
 //
 // Same math and the same ATen reductions as _MamlFn, so both give the same bits. Like
 // a Python Function under @once_differentiable, differentiating its backward again
 // raises. torch.compile never sees this function: under compile metakern composes
 // the registered adapt/mlp ops instead (metakern/_ops.py:maml_op).
-#include "maml_loss.h"
+#include "autograd/maml_loss.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>

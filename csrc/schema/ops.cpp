@@ -1,7 +1,7 @@
 // The metakern operator schemas (docs/kernels.md). Implementations register beside
 // each kernel: csrc/cpu (TORCH_LIBRARY_IMPL(metakern, CPU, ...)), csrc/cuda (CUDA).
-// Integer codes: loss 0 = MSE, 1 = cross-entropy; act 0 = identity, 1 = relu,
-// 2 = tanh, 3 = sigmoid.
+// Integer codes (common/codes.h): loss 0 = MSE, 1 = cross-entropy; act 0 = identity,
+// 1 = relu, 2 = tanh, 3 = sigmoid.
 #include <torch/library.h>
 
 TORCH_LIBRARY(metakern, m) {
@@ -18,7 +18,7 @@ TORCH_LIBRARY(metakern, m) {
   // The MAML objective of every task in one pass: per-task query losses [T] after K
   // inner steps on the support set and, when need_grad, their gradients (g_theta
   // [T, P], and g_lr [T, P] when need_lr too; shape [0, P] otherwise). CPU: one fused
-  // kernel (csrc/cpu); CUDA: the four ops above composed (csrc/maml_composed.cpp).
+  // kernel (csrc/cpu); CUDA: the four ops above composed (csrc/cuda/maml_composed.cpp).
   m.def(
       "maml_fwd(Tensor theta, Tensor lr, Tensor xs, Tensor ys, Tensor xq, Tensor yq, int[] dims, int steps, "
       "int loss, int act, bool first_order, bool need_grad, bool need_lr=True) -> (Tensor, Tensor, Tensor)");

@@ -1,4 +1,4 @@
-// metakern/checks.h — validation of the op arguments (docs/kernels.md), shared by
+// common/checks.h — validation of the op arguments (docs/kernels.md), shared by
 // every C++ launcher. Each failure is a TORCH_CHECK naming the argument, so a user
 // sees a RuntimeError (c10::Error) that says what to fix; nothing is indexed with
 // user data before these checks pass.
@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <vector>
+
+#include "common/codes.h"
 
 namespace metakern {
 
@@ -50,7 +52,7 @@ inline Problem check_common(const char* op, const at::Tensor& theta, const at::T
   TORCH_CHECK(dims.size() <= 1025, op, ": dims lists ", dims.size() - 1, " layers, at most 1024 are supported");
   for (size_t i = 0; i < dims.size(); ++i)
     TORCH_CHECK(dims[i] > 0, op, ": dims must be positive, got dims[", i, "] = ", dims[i]);
-  TORCH_CHECK(act >= 0 && act <= 3, op, ": act must be 0 (identity), 1 (relu), 2 (tanh) or 3 (sigmoid), got ",
+  TORCH_CHECK(act >= kIdentity && act <= kSigmoid, op, ": act must be 0 (identity), 1 (relu), 2 (tanh) or 3 (sigmoid), got ",
               act);
   pr.dims.assign(dims.begin(), dims.end());
   pr.L = static_cast<int>(dims.size()) - 1;
@@ -109,7 +111,7 @@ inline void check_targets(const char* op, const char* name, const at::Tensor& y,
   TORCH_CHECK(y.device() == theta.device(), op, ": ", name, " must be on the device of theta (", theta.device(),
               "), got ", y.device());
   TORCH_CHECK(y.is_contiguous(), op, ": ", name, " must be contiguous (got strides ", y.strides(), ")");
-  if (loss == 0) {
+  if (loss == kMSE) {
     TORCH_CHECK(y.scalar_type() == theta.scalar_type(), op, ": ", name, " must have the dtype of theta (",
                 theta.scalar_type(), ") for loss=0 (MSE), got ", y.scalar_type());
     check_shape(op, name, y, {T, N, O});
@@ -124,7 +126,7 @@ inline void check_targets(const char* op, const char* name, const at::Tensor& y,
 // adapt_fwd / adapt_bwd: lr, y, steps, loss on top of check_common.
 inline Problem check_adapt(const char* op, const at::Tensor& theta, const at::Tensor& lr, const at::Tensor& x,
                            const at::Tensor& y, at::IntArrayRef dims, int64_t steps, int64_t loss, int64_t act) {
-  TORCH_CHECK(loss == 0 || loss == 1, op, ": loss must be 0 (MSE) or 1 (cross-entropy), got ", loss);
+  TORCH_CHECK(loss == kMSE || loss == kCrossEntropy, op, ": loss must be 0 (MSE) or 1 (cross-entropy), got ", loss);
   TORCH_CHECK(steps >= 0, op, ": steps must be >= 0, got ", steps);
   Problem pr = check_common(op, theta, x, dims, act);
   TORCH_CHECK(pr.N >= 1, op, ": x must hold at least one point per task (N >= 1), got shape ", x.sizes());
