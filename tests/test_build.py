@@ -107,3 +107,30 @@ def test_package_works_without_extension():
     r = subprocess.run([sys.executable, "-m", "metakern.cli", "info"], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0 and "cpp     unavailable" in r.stdout, r.stdout + r.stderr
+
+
+def test_cuda_backend_limits_use_the_kernels_plan(monkeypatch):
+    """The cuda backend's per-call limits (asked on any machine: a fake device
+    property here) come from the extension's own plan: the layer limit and the shared
+    memory per block of csrc/cuda/adapt_plan.h."""
+    import types
+
+    import torch
+
+    ext, err = backends.load_extension()
+    assert ext is not None, err
+    limit = 100 * 1024
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(shared_memory_per_block_optin=limit))
+    cuda = backends.get("cuda")
+
+    def reasons(dims, dtype=torch.float32):
+        return cuda.limits(backends.Call(torch.device("cuda"), dtype, tuple(dims), 4, 10, 1))
+
+    assert reasons((1, 40, 40, 1)) == []
+    too_deep = (2,) * (ext.cuda_max_layers() + 2)
+    assert "at most 16" in " ".join(reasons(too_deep))
+    wide = (40, 40, 40)  # 3280 parameters: 54 KB of float32, 108 KB of float64
+    assert ext.cuda_smem_bytes(list(wide), 4) <= limit < ext.cuda_smem_bytes(list(wide), 8)
+    assert reasons(wide) == [] and "bytes of shared memory" in " ".join(reasons(wide, torch.float64))
+    assert "too large" in " ".join(reasons((2 ** 13, 2 ** 13, 1)))
