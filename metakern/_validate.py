@@ -72,10 +72,15 @@ def choice(name: str, value, choices) -> int:
     return int(choices[value])
 
 
-def check_backend(backend) -> str:
-    """A backend name: ``"auto"`` or one of ``metakern.backends.BACKENDS``."""
+def check_backend_type(backend):
+    """``backend`` is a string (its name is checked when the backend is chosen)."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+
+
+def check_backend(backend) -> str:
+    """A backend name: ``"auto"`` or one of ``metakern.backends.BACKENDS``."""
+    check_backend_type(backend)
     if backend != "auto":
         _backends.get(backend)  # ValueError naming the choices
     return backend
@@ -87,8 +92,7 @@ def check_options(loss, activation, steps, first_order, backend) -> Tuple[int, i
     act_c = choice("activation", activation, ACTIVATIONS)
     steps = check_int("steps", steps, 0)
     check_bool("first_order", first_order)
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    check_backend_type(backend)
     return loss_c, act_c, steps
 
 
@@ -332,8 +336,7 @@ def forward_call(params, x, *, activation, backend) -> Tuple[Tensor, Tensor, tup
     check_x(x)
     dims, per_task = check_params(params, x)
     act_c = choice("activation", activation, ACTIVATIONS)
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    check_backend_type(backend)
     theta = pack_params(params, per_task, x.shape[0])
     return theta, x.contiguous(), dims, act_c, select_backend(backend, x, dims, x.shape[1])
 
