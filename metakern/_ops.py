@@ -38,6 +38,74 @@ from ._contract import Problem, Reduction, is_compiling, pack_params, reduce_los
 from .backends import torch_backend
 
 
+# --------------------------------------------------------- gradients with a graph
+# The kernels compute exact first derivatives, not a graph of them. When a backward
+# runs with create_graph=True (grad mode on inside it: a Hessian, a gradient penalty,
+# a derivative of the meta-gradient), the formulas below recompute the same quantity
+# with autograd instead: the inner loop unrolled in the torch backend's differentiable
+# ops, then torch.autograd.grad(create_graph=True). Exact to all orders, on any
+# device; it costs the unrolled graph that the fused path otherwise avoids, and only
+# when a graph of the gradient is asked for.
+def unrolled_adapt(theta, lr, x, y, dims, steps, loss, act, first_order):
+    """``theta_K`` ``[T, P]`` differentiable by autograd (``first_order``: the inner
+    gradients detached, as first-order MAML defines them)."""
+    T = x.shape[0]
+    th = theta.unsqueeze(0).expand(T, -1) if theta.dim() == 1 else theta
+    for _ in range(steps):
+        with torch.enable_grad():
+            inner = torch_backend.loss_value(torch_backend.mlp_apply(th, x, dims, act), y, loss).sum()
+            (g,) = torch.autograd.grad(inner, th, create_graph=not first_order)
+        th = th - lr * (g.detach() if first_order else g)
+    return th if steps else th + 0  # a fresh tensor, as the kernels return
+
+
+def unrolled_losses(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order):
+    """Per-task query losses ``[T]`` of the MAML objective, differentiable by autograd."""
+    th = unrolled_adapt(theta, lr, xs, ys, dims, steps, loss, act, first_order)
+    return torch_backend.loss_value(torch_backend.mlp_apply(th, xq, dims, act), yq, loss)
+
+
+def grads_with_graph(output, inputs, grad_output, needs):
+    """``d<output, grad_output>/d inputs`` with ``create_graph=True``; ``None`` where not needed.
+
+    An input that ``output`` does not depend on gets zeros with a graph to it (that is
+    its true derivative), so a further derivative of them is zero, not an error.
+    """
+    want = [t for t, n in zip(inputs, needs) if n]
+    got = iter(torch.autograd.grad(output, want, grad_output, create_graph=True, allow_unused=True) if want else ())
+    out = []
+    for t, n in zip(inputs, needs):
+        g = next(got) if n else None
+        out.append(t * 0 if n and g is None else g)
+    return tuple(out)
+
+
+def maml_losses_with_graph(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
+    """The reduced MAML objective of a parameter list, differentiable by autograd."""
+    theta = pack_params(params, per_task, xs.shape[0])
+    return reduce_losses(unrolled_losses(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order), reduction)
+
+
+# The C++ node metakern._C.maml_loss calls this op from its backward when
+# create_graph=True. CompositeImplicitAutograd: autograd records the ops inside it.
+_graph_lib = torch.library.Library("metakern_py", "FRAGMENT")
+_graph_lib.define("maml_loss_grads_with_graph(Tensor[] params, Tensor lr, Tensor xs, Tensor ys, Tensor xq, "
+                  "Tensor yq, Tensor g_out, int[] dims, int[] per_task, int steps, int loss, int act, "
+                  "bool first_order, int reduction, int[] needs) -> Tensor[]")
+
+
+def _maml_loss_grads_with_graph(params, lr, xs, ys, xq, yq, g_out, dims, per_task, steps, loss, act, first_order,
+                                reduction, needs):
+    per_task = [bool(b) for b in per_task]
+    out = maml_losses_with_graph(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order,
+                                 Reduction(reduction))
+    grads = grads_with_graph(out, (lr, *params), g_out, [bool(n) for n in needs])
+    return [g_out.new_empty(0) if g is None else g for g in grads]  # Tensor[] holds no None
+
+
+_graph_lib.impl("maml_loss_grads_with_graph", _maml_loss_grads_with_graph, "CompositeImplicitAutograd")
+
+
 def reduce_adapt_grads(theta, g_theta, g_lr, g_x, needs):
     """Per-task backward outputs to the inputs' gradients ``(theta, lr, x)``.
 
@@ -89,6 +157,9 @@ def _adapt_setup(ctx, inputs, output):
 def _adapt_grad(ctx, grad, bwd=None):
     theta, lr, x, y = ctx.saved_tensors
     dims, steps, loss, act, first_order, backend = ctx.args
+    if torch.is_grad_enabled():  # create_graph=True
+        out = unrolled_adapt(theta, lr, x, y, dims, steps, loss, act, first_order)
+        return grads_with_graph(out, (theta, lr, x), grad, ctx.needs_input_grad[:3]) + (None,) * 7
     need_x = ctx.needs_input_grad[2]
     bwd = bwd or adapt_backward
     g = bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, first_order, need_x, backend)
@@ -130,6 +201,10 @@ def _mlp_setup(ctx, inputs, output):
 def _mlp_grad(ctx, grad_out, bwd=None):
     theta, x = ctx.saved_tensors
     dims, act, backend = ctx.args
+    if torch.is_grad_enabled():  # create_graph=True
+        with torch.enable_grad():
+            out = torch_backend.mlp_apply(theta, x, dims, act)
+        return grads_with_graph(out, (theta, x), grad_out, ctx.needs_input_grad[:2]) + (None,) * 3
     need_x = ctx.needs_input_grad[1]
     bwd = bwd or mlp_backward
     g_theta, g_x = bwd(grad_out.contiguous(), theta, x, dims, act, need_x, backend)
@@ -155,7 +230,6 @@ class _AdaptFn(torch.autograd.Function):
         return _backends.get(backend).adapt_fwd(theta, lr, x, y, dims, steps, loss, act)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         return _adapt_grad(ctx, grad, _adapt_bwd_direct)
 
@@ -167,7 +241,6 @@ class _MlpFn(torch.autograd.Function):
         return _backends.get(backend).mlp_fwd(theta, x, dims, act)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         return _mlp_grad(ctx, grad_out, _mlp_bwd_direct)
 
@@ -192,14 +265,21 @@ class _MamlFn(torch.autograd.Function):
         theta = pack_params(params, per_task, T)
         losses, g_theta, g_lr = _backends.get(backend).maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act,
                                                                 first_order, need, need_lr)
-        ctx.save_for_backward(g_theta, g_lr)
+        # the inputs too, for a backward with create_graph=True (references, no copies)
+        ctx.save_for_backward(g_theta, g_lr, lr, xs, ys, xq, yq, *params)
         ctx.spec, ctx.shapes = spec, [p.shape for p in params]
         return reduce_losses(losses, reduction)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
-        g_theta, g_lr = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
+            _, _, lr, xs, ys, xq, yq, *params = ctx.saved_tensors
+            dims, per_task, steps, loss, act, first_order, _, reduction = ctx.spec
+            out = maml_losses_with_graph(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order,
+                                         reduction)
+            grads = grads_with_graph(out, (lr, *params), g_out, (ctx.needs_input_grad[1], *ctx.needs_input_grad[6:]))
+            return (None, grads[0]) + (None,) * 4 + grads[1:]
+        g_theta, g_lr = ctx.saved_tensors[:2]
         dims, per_task, _, _, _, _, _, reduction = ctx.spec
         T = g_theta.shape[0]
         w = g_out if reduction == Reduction.NONE else (g_out / T if reduction == Reduction.MEAN else g_out).expand(T)
@@ -311,6 +391,9 @@ def _register_compiled_ops():
     def adapt_grad(ctx, grad):
         theta, lr, x, y = ctx.saved_tensors
         dims, steps, loss, act = ctx.args
+        if torch.is_grad_enabled():  # create_graph=True
+            out = unrolled_adapt(theta, lr, x, y, dims, steps, loss, act, False)
+            return grads_with_graph(out, (theta, lr, x), grad, ctx.needs_input_grad[:3]) + (None,) * 5
         g = ops.adapt_bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, False, ctx.needs_input_grad[2])
         return reduce_adapt_grads(theta, *g, ctx.needs_input_grad) + (None,) * 5
 
@@ -324,6 +407,10 @@ def _register_compiled_ops():
     def mlp_grad(ctx, grad_out):
         theta, x = ctx.saved_tensors
         dims, act = ctx.args
+        if torch.is_grad_enabled():  # create_graph=True
+            with torch.enable_grad():
+                out = torch_backend.mlp_apply(theta, x, dims, act)
+            return grads_with_graph(out, (theta, x), grad_out, ctx.needs_input_grad[:2]) + (None,) * 2
         g_theta, g_x = ops.mlp_bwd(grad_out.contiguous(), theta, x, dims, act, ctx.needs_input_grad[1])
         return reduce_mlp_grads(theta, g_theta, g_x, ctx.needs_input_grad) + (None,) * 2
 

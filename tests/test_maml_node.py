@@ -165,25 +165,6 @@ def test_cpp_node_without_grad_and_for_lr_only():
 
 
 @needs_cpp
-@pytest.mark.parametrize("backend", ["cpp", "torch"])
-def test_fused_node_refuses_double_backward(backend):
-    """As @once_differentiable: a gradient of the gradient raises instead of being silently zero."""
-    g = torch.Generator().manual_seed(4)
-    params, xs, ys, _ = make_problem(g, (2, 5, 1), 3, 4, "mse", torch.float64)
-    _, xq, yq, _ = make_problem(g, (2, 5, 1), 3, 4, "mse", torch.float64)
-    ps = [p.requires_grad_() for p in params]
-    first = torch.autograd.grad(MF.meta_loss(ps, xs, ys, xq, yq, lr=0.1, backend=backend), ps)
-    v = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)  # an incoming gradient that needs one itself
-    grads = torch.autograd.grad(MF.meta_loss(ps, xs, ys, xq, yq, lr=0.1, backend=backend), ps, v, create_graph=True)
-    for a, b in zip(grads, first):  # the first derivative itself is still right
-        assert torch.equal(a.detach(), b)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        sum((gr ** 2).sum() for gr in grads).backward()
-    plain = torch.autograd.grad(MF.meta_loss(ps, xs, ys, xq, yq, lr=0.1, backend=backend), ps, create_graph=True)
-    assert not any(gr.requires_grad for gr in plain)  # nothing to differentiate: autograd itself refuses
-
-
-@needs_cpp
 def test_cpp_node_checks_its_arguments():
     from metakern import _C
     g = torch.Generator().manual_seed(6)

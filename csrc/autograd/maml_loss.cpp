@@ -7,26 +7,29 @@
 // gradients by dL/dl_t, sums them over tasks for shared tensors and hands each
 // parameter its own view: a few ATen calls around the kernel, no Python.
 //
-// Same math and the same ATen reductions as _MamlFn, so both give the same bits. Like
-// a Python Function under @once_differentiable, differentiating its backward again
-// raises. torch.compile never sees this function: under compile metakern composes
+// Same math and the same ATen reductions as _MamlFn, so both give the same bits. A
+// backward with create_graph=True gets gradients autograd can differentiate again, as
+// _MamlFn gives them (MamlLossBackward::with_graph). torch.compile never sees this function: under compile metakern composes
 // the registered adapt/mlp ops instead (metakern/_ops.py:maml_op).
 #include "autograd/maml_loss.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace metakern {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 struct MamlSpec {
@@ -36,9 +39,6 @@ struct MamlSpec {
   bool first_order;
   bool need_lr;  // lr needs a gradient: maml_fwd also computes and returns dl_t/dlr
 };
-
-const char* const kTwice = "trying to differentiate twice metakern's fused MAML objective (its backward is "
-                           "computed once, in the forward pass); use first-order gradients of it only";
 
 // [P] when every tensor is shared, else [T, P] with shared tensors broadcast
 // (metakern._ops.pack_params).
@@ -89,74 +89,90 @@ std::vector<int64_t> split_sizes(const std::vector<int64_t>& dims) {
   return sizes;
 }
 
-class MamlLossFn : public torch::autograd::Function<MamlLossFn> {
- public:
-  // Variable inputs (the order of needs_input_grad): lr, xs, ys, xq, yq, params...
-  static at::Tensor forward(AutogradContext* ctx, const MamlSpec& s, const at::Tensor& lr, const at::Tensor& xs,
-                            const at::Tensor& ys, const at::Tensor& xq, const at::Tensor& yq,
-                            at::TensorList params) {
-    at::Tensor losses, g_theta, g_lr;
-    std::tie(losses, g_theta, g_lr) = maml_fwd(pack(params, s.per_task, xs.size(0)), lr, xs, ys, xq, yq, s, true);
-    ctx->save_for_backward({g_theta, g_lr});
-    std::vector<int64_t> shapes;  // per parameter: ndim, then its sizes
-    for (const at::Tensor& p : params) {
-      shapes.push_back(p.dim());
-      for (int64_t d : p.sizes()) shapes.push_back(d);
-    }
-    std::vector<int64_t> per_task(s.per_task.begin(), s.per_task.end());
-    ctx->saved_data["shapes"] = std::move(shapes);
-    ctx->saved_data["per_task"] = std::move(per_task);
-    ctx->saved_data["sizes"] = split_sizes(s.dims);
-    ctx->saved_data["reduction"] = s.reduction;
-    return reduce(losses, s.reduction);
+// Autograd nodes are held by std::shared_ptr up to torch 2.13 and by
+// c10::intrusive_ptr from 2.14 (the GPU machines run 2.11): the type of Edge::function.
+template <class N>
+auto make_node() {
+  using NodePtr = decltype(torch::autograd::Edge::function);
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>)
+    return std::make_shared<N>();
+  else
+    return c10::make_intrusive<N>();
+}
+
+// The backward node. Next edges: lr, then the parameters (the order of
+// should_compute_output); xs, ys, xq, yq get no gradient from it (metakern/_ops.py
+// takes the composed path when a batch needs one and refuses targets that do).
+struct MamlLossBackward : public torch::autograd::Node {
+  std::string name() const override { return "MamlLossBackward"; }
+
+  void release_variables() override {
+    g_theta.reset_data();
+    g_lr.reset_data();
+    for (SavedVariable& v : inputs) v.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const at::Tensor g_out = grad_outputs[0];
-    const bool wrap = at::GradMode::is_enabled() && g_out.requires_grad();
-    at::NoGradGuard no_grad;
-    const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &g_theta = saved[0], &g_lr = saved[1];
-    const std::vector<int64_t> shapes = ctx->saved_data["shapes"].toIntVector();
-    const std::vector<int64_t> per_task = ctx->saved_data["per_task"].toIntVector();
-    const std::vector<int64_t> sizes = ctx->saved_data["sizes"].toIntVector();
-    const int64_t reduction = ctx->saved_data["reduction"].toInt();
-    const size_t n = per_task.size();
-
-    const int64_t T = g_theta.size(0);
+  variable_list apply(variable_list&& grads) override {
+    const size_t n = spec.per_task.size();
+    variable_list out(1 + n);
+    const at::Tensor& g_out = grads[0];
+    if (!g_out.defined()) return out;
+    if (at::GradMode::is_enabled()) return with_graph(g_out);  // create_graph=True
+    const at::Tensor gt = g_theta.unpack(), gl = g_lr.unpack();
+    const int64_t T = gt.size(0);
     const at::Tensor w =
-        reduction == kReduceNone ? g_out : (reduction == kReduceMean ? g_out / T : g_out).expand({T});
-    variable_list out(6 + n);  // spec, lr, xs, ys, xq, yq, params...
-    if (ctx->needs_input_grad(0)) out[1] = at::matmul(w, g_lr);
+        spec.reduction == kReduceNone ? g_out : (spec.reduction == kReduceMean ? g_out / T : g_out).expand({T});
+    if (should_compute_output(0)) out[0] = at::matmul(w, gl);
     bool any_param = false, any_per_task = false;
     for (size_t i = 0; i < n; ++i) {
-      any_param = any_param || ctx->needs_input_grad(5 + i);
-      any_per_task = any_per_task || per_task[i] != 0;
+      any_param = any_param || should_compute_output(1 + i);
+      any_per_task = any_per_task || spec.per_task[i];
     }
-    if (any_param) {
-      const std::vector<at::Tensor> parts = any_per_task ? (g_theta * w.unsqueeze(1)).split_with_sizes(sizes, 1)
-                                                         : at::matmul(w, g_theta).split_with_sizes(sizes);
-      size_t at = 0;
-      for (size_t i = 0; i < n; ++i) {
-        const int64_t nd = shapes[at];
-        const std::vector<int64_t> shape(shapes.begin() + at + 1, shapes.begin() + at + 1 + nd);
-        at += 1 + nd;
-        if (!ctx->needs_input_grad(5 + i)) continue;
-        if (!any_per_task)
-          out[6 + i] = parts[i].view(shape);
-        else
-          out[6 + i] = per_task[i] ? parts[i].reshape(shape) : parts[i].sum(0).view(shape);
-      }
+    if (!any_param) return out;
+    const std::vector<at::Tensor> parts = any_per_task ? (gt * w.unsqueeze(1)).split_with_sizes(sizes, 1)
+                                                       : at::matmul(w, gt).split_with_sizes(sizes);
+    for (size_t i = 0; i < n; ++i) {
+      if (!should_compute_output(1 + i)) continue;
+      if (!any_per_task)
+        out[1 + i] = parts[i].view(shapes[i]);
+      else
+        out[1 + i] = spec.per_task[i] ? parts[i].reshape(shapes[i]) : parts[i].sum(0).view(shapes[i]);
     }
-    if (!wrap) return out;
-    // As @once_differentiable: the gradients come out of an Error node, so that
-    // differentiating them (create_graph=True, then backward again) raises.
-    variable_list in;
-    in.reserve(out.size());
-    for (const at::Tensor& g : out) in.push_back(g.defined() ? g.detach().requires_grad_(true) : at::Tensor());
-    auto err = std::make_shared<torch::autograd::DelayedError>(kTwice, static_cast<int64_t>(in.size()));
-    return (*err)(std::move(in));
+    return out;
   }
+
+  // Gradients that autograd can differentiate again: the objective recomputed by
+  // metakern/_ops.py (the inner loop unrolled in differentiable ATen ops, then
+  // torch.autograd.grad with create_graph=True), reached through the dispatcher.
+  variable_list with_graph(const at::Tensor& g_out) {
+    auto schema = c10::Dispatcher::singleton().findSchema({"metakern_py::maml_loss_grads_with_graph", ""});
+    TORCH_CHECK(schema.has_value(),
+                "metakern maml_loss: a backward with create_graph=True needs the Python package's "
+                "metakern_py::maml_loss_grads_with_graph; import metakern first");
+    const auto op = schema->typed<std::vector<at::Tensor>(
+        at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef, int64_t, int64_t, int64_t, bool,
+        int64_t, at::IntArrayRef)>();
+    const size_t n = spec.per_task.size();
+    std::vector<at::Tensor> params;
+    for (size_t i = 0; i < n; ++i) params.push_back(inputs[5 + i].unpack());
+    std::vector<int64_t> pt(spec.per_task.begin(), spec.per_task.end()), needs;
+    for (size_t i = 0; i < 1 + n; ++i) needs.push_back(should_compute_output(i) ? 1 : 0);
+    const std::vector<at::Tensor> got =
+        op.call(params, inputs[0].unpack(), inputs[1].unpack(), inputs[2].unpack(), inputs[3].unpack(),
+                inputs[4].unpack(), g_out, spec.dims, pt, spec.steps, spec.loss, spec.act, spec.first_order,
+                spec.reduction, needs);
+    variable_list out(1 + n);
+    for (size_t i = 0; i < 1 + n; ++i)
+      if (needs[i]) out[i] = got[i];
+    return out;
+  }
+
+  MamlSpec spec;
+  std::vector<std::vector<int64_t>> shapes;  // per parameter
+  std::vector<int64_t> sizes;                 // packed segment lengths
+  SavedVariable g_theta, g_lr;                // per-task dl_t/dtheta, dl_t/dlr from maml_fwd
+  std::vector<SavedVariable> inputs;          // lr, xs, ys, xq, yq, params... (for with_graph)
 };
 
 }  // namespace
@@ -178,7 +194,21 @@ at::Tensor maml_loss(const std::vector<at::Tensor>& params, const at::Tensor& lr
     at::Tensor losses = std::get<0>(maml_fwd(pack(params, s.per_task, xs.size(0)), lr, xs, ys, xq, yq, s, false));
     return reduce(losses, s.reduction);
   }
-  return MamlLossFn::apply(s, lr, xs, ys, xq, yq, at::TensorList(params));
+  at::Tensor losses, g_theta, g_lr;
+  std::tie(losses, g_theta, g_lr) = maml_fwd(pack(params, s.per_task, xs.size(0)), lr, xs, ys, xq, yq, s, true);
+  at::Tensor result = reduce(losses, s.reduction);
+
+  auto node = make_node<MamlLossBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(lr, at::TensorList(params)));
+  for (const at::Tensor& p : params) node->shapes.push_back(p.sizes().vec());
+  node->sizes = split_sizes(s.dims);
+  node->g_theta = SavedVariable(g_theta, false);
+  node->g_lr = SavedVariable(g_lr, false);
+  for (const at::Tensor& t : {lr, xs, ys, xq, yq}) node->inputs.emplace_back(t, false);
+  for (const at::Tensor& p : params) node->inputs.emplace_back(p, false);
+  node->spec = std::move(s);
+  torch::autograd::set_history(result, node);
+  return result;
 }
 
 }  // namespace metakern
