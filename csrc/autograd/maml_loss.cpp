@@ -89,8 +89,8 @@ std::vector<int64_t> split_sizes(const std::vector<int64_t>& dims) {
   return sizes;
 }
 
-// Autograd nodes are held by std::shared_ptr up to torch 2.13 and by
-// c10::intrusive_ptr from 2.14 (the GPU machines run 2.11): the type of Edge::function.
+// Autograd nodes are held by std::shared_ptr in older torch releases and by
+// c10::intrusive_ptr in newer ones (2.14 here): whichever Edge::function is.
 template <class N>
 auto make_node() {
   using NodePtr = decltype(torch::autograd::Edge::function);
