@@ -108,6 +108,19 @@ def unpack_params(theta: Tensor, dims: Sequence[int]) -> List[Tensor]:
     return [t.view(*lead, *s) for t, s in zip(pieces, param_shapes(dims))]
 
 
+class AdaptedParams(list):
+    """Adapted MLP parameters ``[W_1, b_1, ...]`` (each ``[T, *shape]``), a plain list
+    that also remembers the ``activation`` name they were adapted with, so that the
+    batched forward runs the same network without being told again."""
+
+    def __init__(self, params: Sequence[Tensor], activation: str):
+        super().__init__(params)
+        self.activation = activation
+
+    def __repr__(self) -> str:
+        return f"AdaptedParams({list.__repr__(self)}, activation={self.activation!r})"
+
+
 def reduce_losses(losses: Tensor, reduction: int) -> Tensor:
     """Per-task losses ``[T]`` reduced by a :class:`Reduction` code."""
     if reduction == Reduction.MEAN:

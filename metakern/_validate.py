@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from . import backends as _backends
-from ._contract import (ACTIVATIONS, FLOAT_DTYPES, LOSSES, REDUCTIONS, Loss, Problem, is_compiling, num_params,
-                        pack_params, param_shapes)
+from ._contract import (ACTIVATIONS, FLOAT_DTYPES, LOSSES, REDUCTIONS, AdaptedParams, Loss, Problem, is_compiling,
+                        num_params, pack_params, param_shapes)
 
 LrLike = Union[float, Tensor, Sequence[Tensor]]
 
@@ -331,11 +331,28 @@ def check_reduction(reduction) -> int:
     return int(red)
 
 
+def forward_activation(params, activation) -> str:
+    """The activation of a batched forward: the one given, else the one an
+    :class:`AdaptedParams` list carries; a plain list has none to offer."""
+    carried = params.activation if isinstance(params, AdaptedParams) else None
+    if activation is None:
+        if carried is None:
+            names = ", ".join(repr(a) for a in list(ACTIVATIONS)[:-1]) + f" or {list(ACTIVATIONS)[-1]!r}"
+            raise TypeError(f"forward() needs activation= ({names}) for a plain list of parameters; "
+                            f"the list functional.adapt returns, and a fast model's .params, carry their own")
+        return carried
+    if carried is not None and activation != carried:
+        raise ValueError(f"activation={activation!r}, but these parameters were adapted with "
+                         f"activation={carried!r}: pass {carried!r} or leave activation out")
+    return activation
+
+
 def forward_call(params, x, *, activation, backend) -> Tuple[Tensor, Tensor, tuple, int, str]:
-    """A validated batched MLP forward: ``(packed theta, x, dims, act code, backend name)``."""
+    """A validated batched MLP forward: ``(packed theta, x, dims, act code, backend name)``;
+    ``activation`` None takes the one ``params`` carries (:func:`forward_activation`)."""
     check_x(x)
     dims, per_task = check_params(params, x)
-    act_c = choice("activation", activation, ACTIVATIONS)
+    act_c = choice("activation", forward_activation(params, activation), ACTIVATIONS)
     check_backend_type(backend)
     theta = pack_params(params, per_task, x.shape[0])
     return theta, x.contiguous(), dims, act_c, select_backend(backend, x, dims, x.shape[1])

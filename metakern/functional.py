@@ -4,24 +4,28 @@
 >>> T, N = 4, 10
 >>> params = [torch.randn(40, 1), torch.zeros(40), torch.randn(1, 40) * 0.1, torch.zeros(1)]
 >>> x, y = torch.randn(T, N, 1), torch.randn(T, N, 1)
->>> fast = MF.adapt(params, x, y, lr=0.01, steps=2)      # [T, 40, 1], [T, 40], [T, 1, 40], [T, 1]
+>>> fast = MF.adapt(params, x, y, lr=0.01, steps=2, activation="tanh")  # [T, 40, 1], [T, 40], [T, 1, 40], [T, 1]
+>>> fast.activation                                       # remembered: forward runs the same network
+'tanh'
 >>> MF.forward(fast, x).shape
+torch.Size([4, 10, 1])
+>>> MF.forward(params, x, activation="tanh").shape        # a plain list needs the activation
 torch.Size([4, 10, 1])
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Optional, Sequence
 
 from torch import Tensor
 
 from . import _ops
 from . import _validate as V
-from ._contract import ACTIVATIONS, LOSSES, unpack_params
+from ._contract import ACTIVATIONS, LOSSES, AdaptedParams, unpack_params
 from ._validate import LrLike
 
 
 def adapt(params: Sequence[Tensor], x: Tensor, y: Tensor, *, lr: LrLike, steps: int = 1, loss: str = "mse",
-          activation: str = "relu", first_order: bool = False, backend: str = "auto") -> List[Tensor]:
+          activation: str = "relu", first_order: bool = False, backend: str = "auto") -> AdaptedParams:
     """Run ``steps`` inner SGD steps for every task at once.
 
     Args:
@@ -41,11 +45,13 @@ def adapt(params: Sequence[Tensor], x: Tensor, y: Tensor, *, lr: LrLike, steps: 
 
     Returns:
         The adapted parameters, each ``[T, *shape]``; differentiable with respect to
-        ``params``, ``lr`` and ``x`` (exact second order unless ``first_order``).
+        ``params``, ``lr`` and ``x`` (exact second order unless ``first_order``). The
+        list is an :class:`AdaptedParams`: its ``activation`` attribute remembers
+        ``activation``, and :func:`forward` uses it.
     """
     p = V.adapt_problem(params, x, y, lr=lr, steps=steps, loss=loss, activation=activation,
                         first_order=first_order, backend=backend)
-    return unpack_params(_ops.adapt(p), p.dims)
+    return AdaptedParams(unpack_params(_ops.adapt(p), p.dims), activation)
 
 
 def meta_loss(params: Sequence[Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, *, lr: LrLike,
@@ -73,14 +79,18 @@ def meta_loss(params: Sequence[Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: 
     return _ops.meta_loss(p)
 
 
-def forward(params: Sequence[Tensor], x: Tensor, *, activation: str = "relu", backend: str = "auto") -> Tensor:
+def forward(params: Sequence[Tensor], x: Tensor, *, activation: Optional[str] = None,
+            backend: str = "auto") -> Tensor:
     """Batched MLP forward: ``[T, N, O]`` for ``x`` ``[T, N, D]``.
 
-    ``params`` as in :func:`adapt` (shared or per task). One fused op forward and
-    one backward.
+    ``params`` as in :func:`adapt` (shared or per task). ``activation`` has no default:
+    the list :func:`adapt` returns (and a fast model's ``params``) carries the one it
+    was adapted with, which is used when ``activation`` is left out (giving another
+    one is a ``ValueError``); a plain list needs it (``TypeError`` without). One fused
+    op forward and one backward.
     """
     theta, x, dims, act, name = V.forward_call(params, x, activation=activation, backend=backend)
     return _ops.forward(theta, x, dims, act, name)
 
 
-__all__ = ["adapt", "forward", "meta_loss", "ACTIVATIONS", "LOSSES"]
+__all__ = ["adapt", "forward", "meta_loss", "AdaptedParams", "ACTIVATIONS", "LOSSES"]

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from . import _ops
 from . import _validate as V
 from . import generic
-from ._contract import LOSSES, Reduction, reduce_losses, unpack_params
+from ._contract import LOSSES, Act, AdaptedParams, Reduction, reduce_losses, unpack_params
 from .backends.torch_backend import loss_value
 from .nn import fused_spec
 
@@ -71,7 +71,9 @@ class FastModel(nn.Module):
     """A batch of adapted models, one per task; call it on ``[T, N, ...]``.
 
     ``params`` lists the adapted parameters (each ``[T, *shape]``) in the order of
-    the meta-model's ``parameters()``.
+    the meta-model's ``parameters()``; a model on the fused path gives an
+    ``AdaptedParams`` list that remembers its activation, so
+    ``functional.forward(fast.params, x)`` equals ``fast(x)``.
     """
 
     def __init__(self, *, tasks: int):
@@ -90,8 +92,8 @@ class _FusedFast(FastModel):
         self.theta, self.dims, self.act, self.backend = theta, tuple(dims), act, backend
 
     @property
-    def params(self) -> List[Tensor]:
-        return unpack_params(self.theta, self.dims)
+    def params(self) -> AdaptedParams:
+        return AdaptedParams(unpack_params(self.theta, self.dims), Act(self.act).name.lower())
 
     def forward(self, x: Tensor) -> Tensor:
         x, name = V.packed_forward_call(self.theta, x, self.dims, self.backend)

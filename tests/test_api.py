@@ -4,7 +4,8 @@ import torch
 
 import metakern as mk
 import metakern.functional as MF
-from helpers import backends_under_test
+import reference as R
+from helpers import RTOL, assert_close, backends_under_test, leaf, make_problem, seeded
 
 
 def _ok(T=2, N=3, D=4, H=5, O=2, loss="mse"):
@@ -101,9 +102,44 @@ def test_non_contiguous_inputs():
 def test_forward_bad_input():
     params, x, _ = _ok()
     with pytest.raises(ValueError, match="params"):
-        MF.forward(params[:3], x)
+        MF.forward(params[:3], x, activation="relu")
     with pytest.raises(ValueError, match="activation"):
         MF.forward(params, x, activation="elu")
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "identity", "relu"])
+def test_forward_uses_the_activation_of_adapt(request, act):
+    """The list functional.adapt returns carries its activation: forward needs no repeat of it."""
+    g = seeded(request)
+    params, xs, ys, lr = make_problem(g, (3, 6, 5, 2), 3, 4, "mse")
+    _, xq, _, _ = make_problem(g, (3, 6, 5, 2), 3, 7, "mse")
+    fast = MF.adapt(params, xs, ys, lr=lr, steps=2, activation=act)
+    ref = R.mlp(R.adapt([leaf(p, torch.float64, "cpu") for p in params], xs, ys, lr, 2, activation=act), xq, act)
+    assert_close(MF.forward(fast, xq), ref, RTOL[torch.float64], "forward(adapt(...))")
+    assert fast.activation == act and len(fast) == len(params)
+    assert_close(MF.forward(fast, xq, activation=act), ref, RTOL[torch.float64], "the same activation repeated")
+
+
+def test_forward_needs_an_activation_for_a_plain_list():
+    g = seeded("test_forward_needs_an_activation_for_a_plain_list")
+    params, x, y, _ = make_problem(g, (3, 6, 2), 2, 5, "mse")
+    with pytest.raises(TypeError, match=r"needs activation= \('identity', 'relu', 'tanh' or 'sigmoid'\)"):
+        MF.forward(params, x)
+    fast = MF.adapt(params, x, y, lr=0.1, activation="tanh")
+    with pytest.raises(TypeError, match="activation"):
+        MF.forward([p.detach() for p in fast], x)  # a new plain list remembers nothing
+    with pytest.raises(ValueError, match=r"activation='relu'.*adapted with activation='tanh'"):
+        MF.forward(fast, x, activation="relu")
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+def test_fast_model_params_carry_the_activation(request, act):
+    g = seeded(request)
+    xs, ys, xq = (torch.randn(3, n, d, generator=g, dtype=torch.float64) for n, d in ((5, 2), (5, 1), (6, 2)))
+    maml = mk.MAML(mk.MLP(2, [8], 1, activation=act).double(), lr=0.1, steps=2)
+    fast = maml.adapt(xs, ys)
+    assert_close(MF.forward(fast.params, xq), fast(xq), RTOL[torch.float64], "forward(fast.params)")
+    assert fast.params.activation == act
 
 
 def test_learner_bad_input():

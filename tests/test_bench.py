@@ -206,3 +206,55 @@ def test_bad_flags():
         bm.main(SMOKE + ["--no-csv", "--providers", "nonsense"])
     with pytest.raises(SystemExit):
         bm.main(SMOKE + ["--no-csv", "--T", "0"])
+
+
+TINY = SMOKE + ["--workloads", "linear", "--providers", "mk", "--backend", "torch", "--quantities", "op"]
+
+
+def test_default_results_go_to_the_documented_folder_not_the_cwd(monkeypatch, tmp_path, capsys):
+    """Without --out/--csv the rows go to ~/metakern-bench/bench.csv, wherever the command runs."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert bm.main(TINY) == 0
+    assert os.listdir(cwd) == []  # nothing written where it was run
+    path = home / "metakern-bench" / "bench.csv"
+    header, rows = _rows(path)
+    assert header == bm.COLUMNS and rows
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines.index(f"# results: appending to {path}") < min(  # said before the run
+        i for i, line in enumerate(lines) if line.startswith("# metakern bench"))
+    assert f"appended to {path}" in out  # and after it
+
+
+def test_out_folder(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert bm.main(TINY + ["--out", "res"]) == 0
+    path = tmp_path / "res" / "bench.csv"
+    assert _rows(path)[1] and f"appended to {path}" in capsys.readouterr().out
+    # --csv names the file itself; --no-csv writes none
+    assert bm.main(TINY + ["--out", "res", "--csv", "other.csv"]) == 0
+    assert (tmp_path / "other.csv").exists() and len(_rows(path)[1]) == len(_rows(tmp_path / "other.csv")[1])
+    assert bm.main(TINY + ["--out", "none", "--no-csv"]) == 0
+    assert not (tmp_path / "none").exists()
+    assert "# results: no CSV (--no-csv)" in capsys.readouterr().out
+
+
+def test_unwritable_results_folder_is_refused_before_the_run(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match=r"cannot write .*--out DIR, --csv PATH or --no-csv"):
+        bm.main(TINY + ["--out", str(blocker / "sub")])
+
+
+def test_help_names_the_default_folder():
+    assert "~/metakern-bench" in " ".join(bm.cli.build_parser().format_help().split())
+    # the repository's own script keeps writing into the checkout's bench/results/
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run.py"), "--help"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert os.path.join(ROOT, "bench", "results") in " ".join(r.stdout.split())

@@ -6,6 +6,9 @@ Run it as ``metakern bench``, ``python -m metakern.benchmark`` or ``python bench
     python -m metakern.benchmark --profile gpu --plot       # on a CUDA machine
     python -m metakern.benchmark --providers vmap,mk --backend cpp --T 25,1024 --K 5
 
+The rows go to ``~/metakern-bench/bench.csv`` (``--out DIR`` for another folder; the
+run prints the path); ``bench/run.py`` writes to the checkout's ``bench/results/``.
+
 One module per concern, each importing only modules listed after it:
 
 * :mod:`.cli`: the flags, the run (the table to stdout, the rows to the CSV), :func:`main`;

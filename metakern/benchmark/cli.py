@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 import time
 from typing import List, Optional, Sequence, Tuple
 
@@ -23,8 +24,11 @@ from .timing import auto_threads, measure_peak
 from .workloads import _BOTH, BASELINE, PROFILES, WORKLOADS, Profile, make_data, make_model, make_profile
 
 DESCRIPTION = "Microbenchmarks: metakern's fused backends against what a user would otherwise run."
-DEFAULT_CSV = os.path.join("bench", "results", "bench.csv")
-DEFAULT_PNG = os.path.join("bench", "results", "bench.png")
+# Where the results go unless --out says otherwise: one folder in the user's home, the
+# same whichever directory the command runs in (python bench/run.py passes the
+# checkout's bench/results/ instead).
+DEFAULT_OUT = os.path.join("~", "metakern-bench")
+CSV_NAME, PNG_NAME = "bench.csv", "bench.png"
 
 
 def _ints(s: str) -> Tuple[int, ...]:
@@ -37,8 +41,12 @@ def _ints(s: str) -> Tuple[int, ...]:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="metakern bench", description=DESCRIPTION,
+def build_parser(default_out: str = DEFAULT_OUT) -> argparse.ArgumentParser:
+    """The flags; ``default_out`` is the results folder when ``--out`` is not given."""
+    description = DESCRIPTION + "\n\n" + textwrap.fill(
+        f"Results: rows are appended to {os.path.join(default_out, CSV_NAME)} (--out DIR, --csv PATH or --no-csv "
+        f"to change that); the run prints the path.", 79)
+    p = argparse.ArgumentParser(prog="metakern bench", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="workloads: " + "; ".join(f"{w.name} ({w.about})" for w in WORKLOADS.values()))
     p.add_argument("--profile", choices=PROFILES, default=None,
@@ -54,10 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=("first", "second", "both"), help="replace the profile's orders")
     p.add_argument("--quantities", default="op,step", help="comma list of op,step (default: both)")
     p.add_argument("--loop-max-T", type=int, help="largest T for the per-task loop providers (profile default)")
-    p.add_argument("--csv", default=DEFAULT_CSV, help=f"CSV to append rows to (default {DEFAULT_CSV})")
+    p.add_argument("--out", default=default_out, metavar="DIR",
+                   help=f"folder of the results, DIR/{CSV_NAME} and DIR/{PNG_NAME}, created if missing "
+                   f"(default: {default_out})")
+    p.add_argument("--csv", default=None, metavar="PATH", help=f"CSV to append rows to (default: DIR/{CSV_NAME})")
     p.add_argument("--no-csv", action="store_true", help="write no CSV")
-    p.add_argument("--plot", nargs="?", const=DEFAULT_PNG, metavar="PNG",
-                   help=f"write a log-log plot of time against T (default path {DEFAULT_PNG}); needs matplotlib")
+    p.add_argument("--plot", nargs="?", const="", metavar="PNG",
+                   help=f"write a log-log plot of time against T (default path: DIR/{PNG_NAME}); needs matplotlib")
     p.add_argument("--time-budget", type=float, default=0.0, metavar="S",
                    help="start no new config S seconds after the start (0: no limit)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU; default: torch's, fewer when the "
@@ -128,10 +139,23 @@ def run(name: str, prof: Profile, provs: List[Provider], quantities: Sequence[st
     return rows, dict(env, run_id=run_id)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``metakern bench``: returns 0, or 2 when ``--plot`` could not be written."""
+def result_paths(args) -> Tuple[Optional[str], Optional[str]]:
+    """Absolute paths of the CSV (None with ``--no-csv``) and of the plot (None
+    without ``--plot``): ``--csv`` / ``--plot PNG`` where given, else in ``--out``."""
+    out = os.path.abspath(os.path.expanduser(args.out))
+    csv_path = None if args.no_csv else os.path.abspath(os.path.expanduser(args.csv or os.path.join(out, CSV_NAME)))
+    png = None if args.plot is None else os.path.abspath(os.path.expanduser(args.plot or os.path.join(out, PNG_NAME)))
+    return csv_path, png
+
+
+def main(argv: Optional[Sequence[str]] = None, *, default_out: str = DEFAULT_OUT) -> int:
+    """``metakern bench``: returns 0, or 2 when ``--plot`` could not be written.
+
+    ``default_out`` is the results folder when ``--out`` is not given (``bench/run.py``
+    passes the checkout's ``bench/results``)."""
     t0 = time.perf_counter()
-    args = build_parser().parse_args(argv)
+    args = build_parser(default_out).parse_args(argv)
+    csv_path, png = result_paths(args)
     name, prof = plan(args)
     quantities = [q for q in QUANTITIES if q in _split(args.quantities, set(QUANTITIES), "--quantities")]
     provs = []
@@ -149,9 +173,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if not provs:
         raise SystemExit("no provider can run here (see the reasons above)")
-    if args.plot is not None and not have_matplotlib():
+    if png is not None and not have_matplotlib():
         print(f"warning: {NO_MPL}; the benchmark runs, the plot will not be written", file=sys.stderr)
-    sink = CsvSink(None if args.no_csv else args.csv)
+    sink = CsvSink(csv_path)
+    print(f"# results: appending to {csv_path}" if csv_path else "# results: no CSV (--no-csv)", flush=True)
 
     old_threads, old_tf32 = torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32
     threads = args.threads or auto_threads(prof.device)
@@ -167,12 +192,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
         torch.set_num_threads(old_threads)
-    if args.plot is not None:
+    if png is not None:
         if not have_matplotlib():
             print(f"error: {NO_MPL}", file=sys.stderr)
             return 2
         try:
-            print(f"# plot: {plot_rows(rows, args.plot, title=run_title(env))}")
+            print(f"# plot: {plot_rows(rows, png, title=run_title(env))}")
         except ValueError as e:
             print(f"error: no plot: {e}", file=sys.stderr)
             return 2

@@ -1,8 +1,8 @@
 """Results: the run's environment, the CSV and the table printed to stdout.
 
 Results stream to stdout as a table (:func:`table_header`, :func:`table_line`) and are
-appended, one row at a time, to a CSV (:class:`CsvSink`, :data:`COLUMNS`; default
-``bench/results/bench.csv``). Every row carries its run's environment
+appended, one row at a time, to a CSV (:class:`CsvSink`, :data:`COLUMNS`; by default
+``~/metakern-bench/bench.csv``, see ``metakern bench --help``). Every row carries its run's environment
 (:func:`env_info`).
 """
 from __future__ import annotations
@@ -73,15 +73,19 @@ class CsvSink:
         self.path = path
         if not path:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path) and os.path.getsize(path) > 0:
-            with open(path, newline="") as f:
-                header = next(csv.reader(f), [])
-            if header != COLUMNS:
-                raise SystemExit(f"{path} has other columns than this version writes; pass another --csv path")
-        else:
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerow(COLUMNS)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if os.path.exists(path) and os.path.getsize(path) > 0:
+                with open(path, newline="") as f:
+                    header = next(csv.reader(f), [])
+                if header != COLUMNS:
+                    raise SystemExit(f"{path} has other columns than this version writes; pass another --csv path")
+            else:
+                with open(path, "w", newline="") as f:
+                    csv.writer(f).writerow(COLUMNS)
+        except OSError as e:
+            raise SystemExit(f"cannot write the results to {path} ({e.strerror or e}); "
+                             f"pass --out DIR, --csv PATH or --no-csv") from None
 
     def write(self, row: dict):
         if self.path:
