@@ -13,6 +13,16 @@ whose second derivative under ``vmap`` has been checked against the loop
 (``VMAP_SAFE``), and ``loop`` otherwise: with torch 2.14, for example, ``vmap`` over
 ``grad`` through ``nn.LayerNorm`` gives a wrong second-order meta-gradient (about
 1% off), silently, so LayerNorm models take the loop.
+
+What a call hands the model, in both modes:
+
+* Tied weights. A Parameter used at two places (one ``nn.Linear`` twice in an
+  ``nn.Sequential``, or two layers holding one weight) is one parameter: one adapted
+  tensor per task, used at every place it was used, so the adapted copies stay tied
+  and its gradient, inner and outer, is the sum over its uses. Each place is handed
+  its tensor once (``torch.func.functional_call`` given the same module under two
+  names restores one of them wrongly and leaves the module holding a tensor of the
+  call).
 """
 from __future__ import annotations
 
@@ -59,17 +69,58 @@ def task_loss(pred: Tensor, y: Tensor, loss: str) -> Tensor:
     return F.cross_entropy(pred, y)
 
 
-def adapt(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], lrs: Dict[str, Tensor],
-          x: Tensor, y: Tensor, *, steps: int, loss: str, first_order: bool) -> Dict[str, Tensor]:
+def _slots(module: nn.Module, named) -> Dict[str, Tensor]:
+    """``{name: tensor}`` with one name per place a tensor is held (a module and an attribute).
+
+    ``named`` lists the tensors with ``remove_duplicate=False``: a module used twice in
+    the model (``Sequential(lin, act, lin)``) gives two names for one place, and only
+    the first is kept, because swapping one place twice would restore it wrongly; a
+    Parameter held by two modules gives two places, and both are kept.
+    """
+    out, seen = {}, set()
+    for name, t in named:
+        prefix, _, attr = name.rpartition(".")
+        place = (id(module.get_submodule(prefix)), attr)
+        if place not in seen:
+            seen.add(place)
+            out[name] = t
+    return out
+
+
+class _Binding:
+    """How a call hands per-task tensors to ``module``, read from the module at the call.
+
+    A call's ``params`` map the names of ``module.named_parameters()`` (one per distinct
+    Parameter, so tied weights have one name) to tensors; every place that holds a
+    Parameter gets the tensor of its Parameter, so tied places stay tied. Buffers are
+    the module's own.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        first = {id(p): n for n, p in module.named_parameters()}
+        held = _slots(module, module.named_parameters(remove_duplicate=False))
+        self.places = {s: first[id(p)] for s, p in held.items()}
+        self.buffers = _slots(module, module.named_buffers(remove_duplicate=False))
+
+    def __call__(self, params: Dict[str, Tensor], x: Tensor) -> Tensor:
+        tensors = {s: params[n] for s, n in self.places.items()}
+        tensors.update(self.buffers)
+        return functional_call(self.module, tensors, (x,), tie_weights=False)
+
+
+def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *, steps: int,
+          loss: str, first_order: bool) -> Dict[str, Tensor]:
     """Adapted parameters ``{name: [T, *shape]}`` after ``steps`` inner SGD steps per task.
 
-    ``params`` are shared (no task dimension); ``lrs[name]`` is a 0-dim tensor or a
-    tensor of that parameter's shape.
+    ``params`` are shared (no task dimension), named as ``module.named_parameters()``
+    names them; ``lrs[name]`` is a 0-dim tensor or a tensor of that parameter's shape.
     """
+    call = _Binding(module)
 
     def one_task(xt: Tensor, yt: Tensor):
         def inner_loss(p):
-            return task_loss(functional_call(module, (p, buffers), (xt,)), yt, loss)
+            return task_loss(call(p, xt), yt, loss)
 
         p = params
         for _ in range(steps):
@@ -83,8 +134,8 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tenso
     return vmap(one_task, randomness="different")(x, y)
 
 
-def adapt_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], lrs: Dict[str, Tensor],
-               x: Tensor, y: Tensor, *, steps: int, loss: str, first_order: bool) -> Dict[str, Tensor]:
+def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *,
+               steps: int, loss: str, first_order: bool) -> Dict[str, Tensor]:
     """Same result as :func:`adapt`, one task at a time with ``torch.autograd.grad``.
 
     Under ``torch.inference_mode()`` the inner loop, which needs autograd, runs outside
@@ -93,16 +144,17 @@ def adapt_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, 
     if torch.is_inference_mode_enabled():
         with torch.inference_mode(False), torch.no_grad():
             x, y = x.clone(), y.clone()
-            return adapt_loop(module, params, buffers, lrs, x, y, steps=steps, loss=loss, first_order=first_order)
+            return adapt_loop(module, params, lrs, x, y, steps=steps, loss=loss, first_order=first_order)
     names = list(params)
     per_task = []
     need_graph = torch.is_grad_enabled()
+    call = _Binding(module)
     for t in range(x.shape[0]):
         p = [params[n] for n in names]
         for _ in range(steps):
             with torch.enable_grad():
                 q = [v if v.requires_grad else v.detach().requires_grad_() for v in p]
-                out = task_loss(functional_call(module, (dict(zip(names, q)), buffers), (x[t],)), y[t], loss)
+                out = task_loss(call(dict(zip(names, q)), x[t]), y[t], loss)
                 gs = torch.autograd.grad(out, q, create_graph=need_graph and not first_order)
             if not need_graph:
                 q = [v.detach() for v in q]
@@ -111,16 +163,13 @@ def adapt_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, 
     return {n: torch.stack([pt[i] for pt in per_task]) for i, n in enumerate(names)}
 
 
-def forward(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], x: Tensor) -> Tensor:
+def forward(module: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Tensor:
     """``module`` applied per task with its own parameters: ``x`` ``[T, N, ...]``."""
-
-    def one_task(p, xt):
-        return functional_call(module, (p, buffers), (xt,))
-
-    return vmap(one_task, randomness="different")(params, x)
+    call = _Binding(module)
+    return vmap(call, randomness="different")(params, x)
 
 
-def forward_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], x: Tensor) -> Tensor:
+def forward_loop(module: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Tensor:
     """Same as :func:`forward`, one task at a time."""
-    return torch.stack([functional_call(module, ({n: v[t] for n, v in params.items()}, buffers), (x[t],))
-                        for t in range(x.shape[0])])
+    call = _Binding(module)
+    return torch.stack([call({n: v[t] for n, v in params.items()}, x[t]) for t in range(x.shape[0])])

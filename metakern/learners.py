@@ -99,10 +99,10 @@ class _FusedFast(FastModel):
 
 
 class _GenericFast(FastModel):
-    def __init__(self, module, params: Dict[str, Tensor], buffers, mode: str):
+    def __init__(self, module, params: Dict[str, Tensor], mode: str):
         super().__init__(tasks=next(iter(params.values())).shape[0])
         _plain(self, "_module", module)  # not a submodule: the fast model owns no meta-parameters
-        self._params, self._buffers_d, self.mode = params, buffers, mode
+        self._params, self.mode = params, mode
 
     @property
     def params(self) -> List[Tensor]:
@@ -111,7 +111,7 @@ class _GenericFast(FastModel):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         fn = generic.forward if self.mode == "vmap" else generic.forward_loop
-        return fn(self._module, self._params, self._buffers_d, x)
+        return fn(self._module, self._params, x)
 
 
 class MAML(nn.Module):
@@ -236,15 +236,14 @@ class MAML(nn.Module):
     def _adapt_generic(self, x, y, steps, first_order):
         named = dict(self.module.named_parameters())
         lrs = dict(zip(named, self._rate.per_parameter(self, len(named))))
-        buffers = dict(self.module.named_buffers())
         if self.loss == "cross_entropy" and y.dtype != torch.int64:
             raise TypeError(f"y for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
         if self.loss == "mse" and not y.is_floating_point():
             raise TypeError(f"y for loss='mse' must be a float tensor, got {y.dtype}")
         mode = self.generic_mode if self.generic_mode != "auto" else generic.choose_mode(self.module)
         fn = generic.adapt if mode == "vmap" else generic.adapt_loop
-        params = fn(self.module, named, buffers, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order)
-        return _GenericFast(self.module, params, buffers, mode)
+        params = fn(self.module, named, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order)
+        return _GenericFast(self.module, params, mode)
 
     def extra_repr(self) -> str:
         path = f"fused dims={self.dims} activation={self.activation}" if self.fused else f"generic ({self.generic_reason})"

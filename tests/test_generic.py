@@ -1,4 +1,5 @@
-"""The generic (torch.func) path against the unrolled autograd reference."""
+"""The generic (torch.func) path against the unrolled autograd reference: gradients to
+the targets, tied weights."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,3 +108,99 @@ def test_anil_generic_head_targets_and_body(request, mode):
     wrt = [ys, yq, head.weight, body.weight, body.bias]
     assert_close(loss, want, TOL, "loss")
     _check(_grads(loss, wrt), _grads(want, wrt), ["ys", "yq", "head", "body weight", "body bias"])
+
+
+# ---------------------------------------------------------------------- tied weights
+def _tied_fn(p, x):
+    """Sequential(lin, Tanh(), lin) written out: one weight (and one bias), used twice."""
+    W, b = p if len(p) == 2 else (p[0], None)
+    return F.linear(torch.tanh(F.linear(x, W, b)), W, b)
+
+
+def test_tied_models_are_not_fused():
+    lin = nn.Linear(4, 4)
+    spec, why = mk.nn.fused_spec(nn.Sequential(lin, nn.Tanh(), lin))
+    assert spec is None and "shared" in why and "2.weight" in why
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.weight = a.weight  # two layers, one weight
+    spec, why = mk.nn.fused_spec(nn.Sequential(a, nn.Tanh(), b))
+    assert spec is None and "2.weight is 0.weight" in why
+    assert not mk.MAML(nn.Sequential(a, nn.Tanh(), b)).fused
+    assert mk.MAML(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))).fused
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("learner", ["maml", "metasgd"])
+@pytest.mark.parametrize("mode", MODES)
+def test_tied_weights_value_gradient_and_module_afterwards(request, mode, learner, bias):
+    """One nn.Linear used twice (bias-free: a model the fused kernels would not take anyway)."""
+    g = seeded(request)
+    lin = nn.Linear(4, 4, bias=bias).to(DT)
+    _init(g, lin)
+    net = nn.Sequential(lin, nn.Tanh(), lin)
+    cls = mk.MetaSGD if learner == "metasgd" else mk.MAML
+    m = cls(net, lr=0.1, steps=2, generic_mode=mode)
+    assert not m.fused
+    params = list(lin.parameters())
+    if learner == "metasgd":
+        # one rate per parameter, not per use
+        assert [tuple(r.shape) for r in m.lrs] == [tuple(p.shape) for p in params]
+        with torch.no_grad():
+            for r in m.lrs:
+                r.copy_(0.05 + 0.1 * torch.rand(r.shape, generator=g, dtype=DT))
+        lrs = list(m.lrs)
+    else:
+        lrs = [0.1] * len(params)
+    for call in range(2):  # a second call sees the module as the first left it
+        xs, ys, xq, yq = _batch(g, 3, 5, 4, 4)
+        ys = ys.requires_grad_()
+        loss = m.meta_loss(xs, ys, xq, yq)
+        want = R.unrolled_losses(_tied_fn, params, lrs, xs, ys, xq, yq, 2).mean()
+        assert_close(loss, want, TOL, f"loss, call {call}")
+        wrt = params + [ys] + (lrs if learner == "metasgd" else [])
+        _check(_grads(loss, wrt), _grads(want, wrt), [f"wrt {i}" for i in range(len(wrt))])
+    fast = m.adapt(xs, ys.detach())
+    assert len(fast.params) == len(params) and fast.params[0].shape == (3, 4, 4)
+    want = torch.stack([_tied_fn([p[t] for p in fast.params], xq[t]) for t in range(3)])
+    assert_close(fast(xq), want, TOL, "fast")
+    # the module is intact: its own Parameters, still tied, and its plain forward
+    assert net[0].weight is lin.weight and net[2].weight is lin.weight and isinstance(lin.weight, nn.Parameter)
+    assert_close(net(xq[0]), _tied_fn(params, xq[0]), TOL, "module forward")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_weight_shared_by_two_layers(request, mode):
+    """Two nn.Linear holding one weight (and their own biases)."""
+    g = seeded(request)
+    a, b = nn.Linear(4, 4).to(DT), nn.Linear(4, 4).to(DT)
+    _init(g, a, b)
+    b.weight = a.weight
+    net = nn.Sequential(a, nn.Tanh(), b)
+    m = mk.MAML(net, lr=0.1, steps=2, generic_mode=mode)
+    params = [a.weight, a.bias, b.bias]
+
+    def fn(p, x):
+        return F.linear(torch.tanh(F.linear(x, p[0], p[1])), p[0], p[2])
+
+    xs, ys, xq, yq = _batch(g, 3, 5, 4, 4)
+    loss = m.meta_loss(xs, ys, xq, yq)
+    want = R.unrolled_losses(fn, params, [0.1] * 3, xs, ys, xq, yq, 2).mean()
+    assert_close(loss, want, TOL, "loss")
+    _check(_grads(loss, params), _grads(want, params), ["weight", "bias a", "bias b"])
+    assert b.weight is a.weight
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_anil_tied_head(request, mode):
+    g = seeded(request)
+    body, lin = nn.Linear(1, 4).to(DT), nn.Linear(4, 4).to(DT)
+    _init(g, body, lin)
+    anil = mk.ANIL(body, nn.Sequential(lin, nn.Tanh(), lin), lr=0.1, steps=2, generic_mode=mode)
+    assert not anil.head.fused
+    xs, ys, xq, yq = _batch(g, 3, 5, 1, 4)
+    loss = anil.meta_loss(xs, ys, xq, yq)
+    want = R.unrolled_losses(_tied_fn, [lin.weight, lin.bias], [0.1, 0.1], anil.features(xs), ys,
+                             anil.features(xq), yq, 2).mean()
+    wrt = [lin.weight, lin.bias, body.weight, body.bias]
+    assert_close(loss, want, TOL, "loss")
+    _check(_grads(loss, wrt), _grads(want, wrt), ["head weight", "head bias", "body weight", "body bias"])
