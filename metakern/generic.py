@@ -12,7 +12,9 @@ do. ``auto`` takes ``vmap`` only when every leaf module of the model is of a typ
 whose second derivative under ``vmap`` has been checked against the loop
 (``VMAP_SAFE``), and ``loop`` otherwise: with torch 2.14, for example, ``vmap`` over
 ``grad`` through ``nn.LayerNorm`` gives a wrong second-order meta-gradient (about
-1% off), silently, so LayerNorm models take the loop.
+1% off), silently, so LayerNorm models take the loop. The same holds for
+normalisation with batch statistics (below); asked for explicitly, ``vmap`` refuses
+those for second order (``_validate.check_vmap_exact``).
 
 What a call hands the model, in both modes:
 
@@ -23,6 +25,15 @@ What a call hands the model, in both modes:
   its tensor once (``torch.func.functional_call`` given the same module under two
   names restores one of them wrongly and leaves the module holding a tensor of the
   call).
+* Normalisation layers (``nn.BatchNorm*``, ``nn.InstanceNorm*``). In training mode
+  they normalise with the statistics of the batch at hand, which is one task's
+  support set in the inner loop and that task's query set in the query forward (as
+  MAML's reference code does: transductive), and the calls update no running
+  statistics: ``running_mean``, ``running_var`` and ``num_batches_tracked`` are left
+  as they were. In eval mode (``model.eval()``) the inner loop and the query forward
+  both use the running statistics. The mode and the buffers are read at each call,
+  the adapted model's forward included. Running statistics change only through the
+  model's own forward in training mode (``model(x)``).
 """
 from __future__ import annotations
 
@@ -32,6 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.modules.batchnorm import _NormBase  # the base of nn.BatchNorm* and nn.InstanceNorm*
+
+# the buffers of a normalisation layer that its forward updates in training mode
+_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 VMAP_SAFE = (
@@ -93,7 +108,10 @@ class _Binding:
     A call's ``params`` map the names of ``module.named_parameters()`` (one per distinct
     Parameter, so tied weights have one name) to tensors; every place that holds a
     Parameter gets the tensor of its Parameter, so tied places stay tied. Buffers are
-    the module's own.
+    the module's own, except the running statistics of a normalisation layer in
+    training mode that tracks them (``nn.BatchNorm*``, ``nn.InstanceNorm*`` with
+    ``track_running_stats``): those are passed as ``None``, so the layer normalises
+    with the batch's own statistics and updates nothing.
     """
 
     def __init__(self, module: nn.Module):
@@ -102,6 +120,12 @@ class _Binding:
         held = _slots(module, module.named_parameters(remove_duplicate=False))
         self.places = {s: first[id(p)] for s, p in held.items()}
         self.buffers = _slots(module, module.named_buffers(remove_duplicate=False))
+        for name, m in module.named_modules(remove_duplicate=False):
+            if isinstance(m, _NormBase) and m.training and m.track_running_stats:
+                for b in _RUNNING_STATS:
+                    key = f"{name}.{b}" if name else b
+                    if key in self.buffers:
+                        self.buffers[key] = None
 
     def __call__(self, params: Dict[str, Tensor], x: Tensor) -> Tensor:
         tensors = {s: params[n] for s, n in self.places.items()}

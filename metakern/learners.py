@@ -131,6 +131,12 @@ class MAML(nn.Module):
             ``"learned"`` with ``learn_lr``, else ``"fixed"``); subclasses such as
             :class:`MetaSGD` pass their own.
 
+    On the generic path (:mod:`metakern.generic`), batch normalisation in training mode
+    uses each task's own batch statistics, in the inner loop (the support set) and in
+    the query forward (the query set), and ``adapt`` and ``meta_loss`` never update
+    the running statistics (``num_batches_tracked`` stays as it was); in eval mode
+    (``model.eval()``) the inner loop and the query forward use the running statistics.
+
     Example::
 
         >>> import torch, metakern as mk
@@ -241,6 +247,8 @@ class MAML(nn.Module):
         if self.loss == "mse" and not y.is_floating_point():
             raise TypeError(f"y for loss='mse' must be a float tensor, got {y.dtype}")
         mode = self.generic_mode if self.generic_mode != "auto" else generic.choose_mode(self.module)
+        if self.generic_mode == "vmap":
+            V.check_vmap_exact(self.module, first_order)
         fn = generic.adapt if mode == "vmap" else generic.adapt_loop
         params = fn(self.module, named, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order)
         return _GenericFast(self.module, params, mode)
