@@ -34,9 +34,20 @@ What a call hands the model, in both modes:
   both use the running statistics. The mode and the buffers are read at each call,
   the adapted model's forward included. Running statistics change only through the
   model's own forward in training mode (``model(x)``).
+* Threads. ``functional_call`` puts the call's tensors into the module for the
+  duration of a forward and then puts the module's own back, so two calls on one
+  module at once would see each other's tensors. Every call here therefore holds the
+  module's :func:`lock` while it reads or swaps the module's tensors (the learners
+  read the parameters under it too, and their ``forward`` runs under it): one learner,
+  or several on one module, may be called from several threads; their inner loops
+  and query forwards run one at a time, their backward passes concurrently. Code that
+  uses the module itself from another thread at the same time (``model(x)``,
+  ``model.parameters()``) should hold ``lock(model)`` as well.
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Dict
 
 import torch
@@ -47,6 +58,10 @@ from torch.nn.modules.batchnorm import _NormBase  # the base of nn.BatchNorm* an
 
 # the buffers of a normalisation layer that its forward updates in training mode
 _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+# one lock per module, made on first use (a module's lock goes with the module)
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
 
 
 VMAP_SAFE = (
@@ -82,6 +97,17 @@ def task_loss(pred: Tensor, y: Tensor, loss: str) -> Tensor:
     if loss == "mse":
         return F.mse_loss(pred, y)
     return F.cross_entropy(pred, y)
+
+
+def lock(module: nn.Module) -> threading.RLock:
+    """The lock of ``module`` (re-entrant, one per module): held by the calls here while
+    they swap the module's tensors, and by the learners while they read its parameters
+    or call it."""
+    with _LOCKS_GUARD:
+        found = _LOCKS.get(module)
+        if found is None:
+            found = _LOCKS[module] = threading.RLock()
+        return found
 
 
 def _slots(module: nn.Module, named) -> Dict[str, Tensor]:
@@ -140,22 +166,23 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], 
     ``params`` are shared (no task dimension), named as ``module.named_parameters()``
     names them; ``lrs[name]`` is a 0-dim tensor or a tensor of that parameter's shape.
     """
-    call = _Binding(module)
+    with lock(module):
+        call = _Binding(module)
 
-    def one_task(xt: Tensor, yt: Tensor):
-        def inner_loss(p):
-            return task_loss(call(p, xt), yt, loss)
+        def one_task(xt: Tensor, yt: Tensor):
+            def inner_loss(p):
+                return task_loss(call(p, xt), yt, loss)
 
-        p = params
-        for _ in range(steps):
-            g = grad(inner_loss)(p)
-            if first_order:
-                g = {n: v.detach() for n, v in g.items()}
-            p = {n: p[n] - lrs[n] * g[n] for n in p}
-        # A fresh tensor per task even for steps == 0 (vmap needs batched outputs).
-        return {n: v + torch.zeros_like(xt.reshape(-1)[:1]).sum() for n, v in p.items()}
+            p = params
+            for _ in range(steps):
+                g = grad(inner_loss)(p)
+                if first_order:
+                    g = {n: v.detach() for n, v in g.items()}
+                p = {n: p[n] - lrs[n] * g[n] for n in p}
+            # A fresh tensor per task even for steps == 0 (vmap needs batched outputs).
+            return {n: v + torch.zeros_like(xt.reshape(-1)[:1]).sum() for n, v in p.items()}
 
-    return vmap(one_task, randomness="different")(x, y)
+        return vmap(one_task, randomness="different")(x, y)
 
 
 def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *,
@@ -172,28 +199,31 @@ def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tens
     names = list(params)
     per_task = []
     need_graph = torch.is_grad_enabled()
-    call = _Binding(module)
-    for t in range(x.shape[0]):
-        p = [params[n] for n in names]
-        for _ in range(steps):
-            with torch.enable_grad():
-                q = [v if v.requires_grad else v.detach().requires_grad_() for v in p]
-                out = task_loss(call(dict(zip(names, q)), x[t]), y[t], loss)
-                gs = torch.autograd.grad(out, q, create_graph=need_graph and not first_order)
-            if not need_graph:
-                q = [v.detach() for v in q]
-            p = [a - lrs[n] * (g.detach() if first_order else g) for n, a, g in zip(names, q, gs)]
-        per_task.append(p)
+    with lock(module):
+        call = _Binding(module)
+        for t in range(x.shape[0]):
+            p = [params[n] for n in names]
+            for _ in range(steps):
+                with torch.enable_grad():
+                    q = [v if v.requires_grad else v.detach().requires_grad_() for v in p]
+                    out = task_loss(call(dict(zip(names, q)), x[t]), y[t], loss)
+                    gs = torch.autograd.grad(out, q, create_graph=need_graph and not first_order)
+                if not need_graph:
+                    q = [v.detach() for v in q]
+                p = [a - lrs[n] * (g.detach() if first_order else g) for n, a, g in zip(names, q, gs)]
+            per_task.append(p)
     return {n: torch.stack([pt[i] for pt in per_task]) for i, n in enumerate(names)}
 
 
 def forward(module: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Tensor:
     """``module`` applied per task with its own parameters: ``x`` ``[T, N, ...]``."""
-    call = _Binding(module)
-    return vmap(call, randomness="different")(params, x)
+    with lock(module):
+        call = _Binding(module)
+        return vmap(call, randomness="different")(params, x)
 
 
 def forward_loop(module: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Tensor:
     """Same as :func:`forward`, one task at a time."""
-    call = _Binding(module)
-    return torch.stack([call({n: v[t] for n, v in params.items()}, x[t]) for t in range(x.shape[0])])
+    with lock(module):
+        call = _Binding(module)
+        return torch.stack([call({n: v[t] for n, v in params.items()}, x[t]) for t in range(x.shape[0])])

@@ -136,6 +136,9 @@ class MAML(nn.Module):
     the query forward (the query set), and ``adapt`` and ``meta_loss`` never update
     the running statistics (``num_batches_tracked`` stays as it was); in eval mode
     (``model.eval()``) the inner loop and the query forward use the running statistics.
+    Tied weights are one parameter (one inner rate in :class:`MetaSGD`), adapted once
+    per task and used at each place. Calls from several threads are safe: they take
+    the module's lock (:func:`metakern.generic.lock`) while they use the module.
 
     Example::
 
@@ -181,7 +184,8 @@ class MAML(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The un-adapted model (the meta-learned initialisation)."""
-        return self.module(x)
+        with generic.lock(self.module):  # not while another thread's generic call has swapped its parameters
+            return self.module(x)
 
     def _options(self, steps, first_order):
         steps = self.steps if steps is None else V.check_int("steps", steps, 0)
@@ -240,8 +244,6 @@ class MAML(nn.Module):
         return loss_value(pred, yq, LOSSES[self.loss])
 
     def _adapt_generic(self, x, y, steps, first_order):
-        named = dict(self.module.named_parameters())
-        lrs = dict(zip(named, self._rate.per_parameter(self, len(named))))
         if self.loss == "cross_entropy" and y.dtype != torch.int64:
             raise TypeError(f"y for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
         if self.loss == "mse" and not y.is_floating_point():
@@ -250,7 +252,12 @@ class MAML(nn.Module):
         if self.generic_mode == "vmap":
             V.check_vmap_exact(self.module, first_order)
         fn = generic.adapt if mode == "vmap" else generic.adapt_loop
-        params = fn(self.module, named, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order)
+        # Under the module's lock: the parameters are read, and swapped by fn, while no
+        # other thread's call has them swapped.
+        with generic.lock(self.module):
+            named = dict(self.module.named_parameters())
+            lrs = dict(zip(named, self._rate.per_parameter(self, len(named))))
+            params = fn(self.module, named, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order)
         return _GenericFast(self.module, params, mode)
 
     def extra_repr(self) -> str:
@@ -313,7 +320,9 @@ class Reptile(MAML):
         with torch.no_grad():
             fast = self.adapt(xs, ys, steps=steps)
             targets = [p.mean(0) for p in fast.params]
-        out = 0.5 * sum(((p - t) ** 2).sum() for p, t in zip(self.module.parameters(), targets))
+        with generic.lock(self.module):
+            theta = list(self.module.parameters())
+        out = 0.5 * sum(((p - t) ** 2).sum() for p, t in zip(theta, targets))
         return out * xs.shape[0] if red == Reduction.SUM else out
 
 

@@ -1,5 +1,7 @@
 """The generic (torch.func) path against the unrolled autograd reference: gradients to
-the targets, tied weights, batch normalisation."""
+the targets, tied weights, batch normalisation, calls from several threads."""
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -276,3 +278,46 @@ def test_batchnorm_first_order_and_no_grad(request, mode):
     _check(_grads(loss, params), _grads(want, params), [n for n, _ in net.named_parameters()])
     with torch.no_grad():
         assert_close(mk.MAML(net, lr=0.1, steps=2, generic_mode=mode).meta_loss(xs, ys, xq, yq), want, TOL, "no_grad")
+
+
+# ---------------------------------------------------------------------------- threads
+@pytest.mark.parametrize("mode", MODES)
+def test_one_learner_from_two_threads(request, mode):
+    """Two threads x 30 calls on one learner, each with its own inputs: every result
+    equals the same call made alone (meta_loss with its meta-gradient, and adapt then
+    the fast model)."""
+    g = seeded(request)
+    net = _sine_net()
+    _init(g, net)
+    m = mk.MAML(net, lr=0.05, steps=2, generic_mode=mode)
+    params = list(m.parameters())
+    batches = [_batch(g, 3, 6, 1, 1) for _ in range(60)]
+
+    def call(i):
+        xs, ys, xq, yq = batches[i]
+        loss = m.meta_loss(xs, ys, xq, yq)
+        pred = m.adapt(xs, ys)(xq)
+        return [loss.detach(), pred.detach(), *torch.autograd.grad(loss, params)]
+
+    alone = [call(i) for i in range(60)]
+    got, errors = {}, []
+    start = threading.Barrier(2)
+
+    def worker(ids):
+        start.wait()
+        for i in ids:
+            try:
+                got[i] = call(i)
+            except Exception as e:  # reported below, with the call that raised
+                errors.append((i, repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(range(k, 60, 2),)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    for i in range(60):
+        names = ["loss", "fast(xq)"] + [f"grad {k}" for k in range(len(params))]
+        for a, b, n in zip(got[i], alone[i], names):
+            assert_close(a, b, TOL, f"call {i} {n}")
