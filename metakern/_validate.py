@@ -152,7 +152,8 @@ def check_y(y, x: Tensor, loss: int, out_features: int, name: str = "y", x_name:
 
 
 def check_no_target_grad(y: Tensor, name: str):
-    """The fused ops give no gradient to the targets: refuse targets that want one."""
+    """The fused ops give no gradient to the targets: refuse targets that want one (the
+    generic path, which differentiates them, does not call this)."""
     if y.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"{name} requires a gradient, but the fused ops do not differentiate the targets "
                          f"(only parameters, inner rates and inputs); pass {name}.detach(), or compute the loss "

@@ -166,6 +166,10 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], 
     ``params`` are shared (no task dimension), named as ``module.named_parameters()``
     names them; ``lrs[name]`` is a 0-dim tensor or a tensor of that parameter's shape.
     """
+    # y is an input of the vmapped function and torch.func's grad composes with the
+    # outer autograd, so targets that require a gradient get the exact one, through
+    # every inner step as through the query loss (tests/test_generic.py checks it
+    # against unrolled autograd, in this mode and the loop's).
     with lock(module):
         call = _Binding(module)
 
