@@ -15,6 +15,7 @@ from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch.nn.modules.batchnorm import _NormBase  # the base of nn.BatchNorm* and nn.InstanceNorm*
 
 from . import backends as _backends
 from ._contract import (ACTIVATIONS, FLOAT_DTYPES, LOSSES, REDUCTIONS, AdaptedParams, Loss, Problem, is_compiling,
@@ -151,11 +152,28 @@ def check_y(y, x: Tensor, loss: int, out_features: int, name: str = "y", x_name:
 
 
 def check_no_target_grad(y: Tensor, name: str):
-    """The fused ops give no gradient to the targets: refuse targets that want one."""
+    """The fused ops give no gradient to the targets: refuse targets that want one (the
+    generic path, which differentiates them, does not call this)."""
     if y.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"{name} requires a gradient, but the fused ops do not differentiate the targets "
                          f"(only parameters, inner rates and inputs); pass {name}.detach(), or compute the loss "
                          "on the adapted model's outputs yourself (fast = learner.adapt(xs, ys); loss(fast(xq), yq))")
+
+
+def check_vmap_exact(module: torch.nn.Module, first_order: bool):
+    """``generic_mode="vmap"``, asked for explicitly: refused where torch.func's ``vmap``
+    over ``grad`` gives a wrong second-order meta-gradient. With torch 2.14 that is the
+    case through a normalisation layer that uses its batch's statistics (``nn.BatchNorm*``
+    and ``nn.InstanceNorm*`` in training mode, or without running statistics): the
+    value is right, the meta-gradient is off by around 1%."""
+    if first_order or not torch.is_grad_enabled():
+        return
+    for name, m in module.named_modules():
+        if isinstance(m, _NormBase) and (m.training or not m.track_running_stats):
+            where = f"{type(m).__name__} {name!r}" if name else type(m).__name__
+            raise ValueError(f"generic_mode='vmap' gives a wrong second-order meta-gradient through {where}, which "
+                             "normalises with its batch's statistics; use generic_mode='auto' or 'loop' (exact), "
+                             "first_order=True, or the running statistics (model.eval())")
 
 
 def check_query(xq, xs: Tensor):

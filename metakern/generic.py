@@ -12,16 +12,56 @@ do. ``auto`` takes ``vmap`` only when every leaf module of the model is of a typ
 whose second derivative under ``vmap`` has been checked against the loop
 (``VMAP_SAFE``), and ``loop`` otherwise: with torch 2.14, for example, ``vmap`` over
 ``grad`` through ``nn.LayerNorm`` gives a wrong second-order meta-gradient (about
-1% off), silently, so LayerNorm models take the loop.
+1% off), silently, so LayerNorm models take the loop. The same holds for
+normalisation with batch statistics (below); asked for explicitly, ``vmap`` refuses
+those for second order (``_validate.check_vmap_exact``).
+
+What a call hands the model, in both modes:
+
+* Tied weights. A Parameter used at two places (one ``nn.Linear`` twice in an
+  ``nn.Sequential``, or two layers holding one weight) is one parameter: one adapted
+  tensor per task, used at every place it was used, so the adapted copies stay tied
+  and its gradient, inner and outer, is the sum over its uses. Each place is handed
+  its tensor once (``torch.func.functional_call`` given the same module under two
+  names restores one of them wrongly and leaves the module holding a tensor of the
+  call).
+* Normalisation layers (``nn.BatchNorm*``, ``nn.InstanceNorm*``). In training mode
+  they normalise with the statistics of the batch at hand, which is one task's
+  support set in the inner loop and that task's query set in the query forward (as
+  MAML's reference code does: transductive), and the calls update no running
+  statistics: ``running_mean``, ``running_var`` and ``num_batches_tracked`` are left
+  as they were. In eval mode (``model.eval()``) the inner loop and the query forward
+  both use the running statistics. The mode and the buffers are read at each call,
+  the adapted model's forward included. Running statistics change only through the
+  model's own forward in training mode (``model(x)``).
+* Threads. ``functional_call`` puts the call's tensors into the module for the
+  duration of a forward and then puts the module's own back, so two calls on one
+  module at once would see each other's tensors. Every call here therefore holds the
+  module's :func:`lock` while it reads or swaps the module's tensors (the learners
+  read the parameters under it too, and their ``forward`` runs under it): one learner,
+  or several on one module, may be called from several threads; their inner loops
+  and query forwards run one at a time, their backward passes concurrently. Code that
+  uses the module itself from another thread at the same time (``model(x)``,
+  ``model.parameters()``) should hold ``lock(model)`` as well.
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Dict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.modules.batchnorm import _NormBase  # the base of nn.BatchNorm* and nn.InstanceNorm*
+
+# the buffers of a normalisation layer that its forward updates in training mode
+_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+# one lock per module, made on first use (a module's lock goes with the module)
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
 
 
 VMAP_SAFE = (
@@ -59,32 +99,98 @@ def task_loss(pred: Tensor, y: Tensor, loss: str) -> Tensor:
     return F.cross_entropy(pred, y)
 
 
-def adapt(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], lrs: Dict[str, Tensor],
-          x: Tensor, y: Tensor, *, steps: int, loss: str, first_order: bool) -> Dict[str, Tensor]:
-    """Adapted parameters ``{name: [T, *shape]}`` after ``steps`` inner SGD steps per task.
+def lock(module: nn.Module) -> threading.RLock:
+    """The lock of ``module`` (re-entrant, one per module): held by the calls here while
+    they swap the module's tensors, and by the learners while they read its parameters
+    or call it."""
+    with _LOCKS_GUARD:
+        found = _LOCKS.get(module)
+        if found is None:
+            found = _LOCKS[module] = threading.RLock()
+        return found
 
-    ``params`` are shared (no task dimension); ``lrs[name]`` is a 0-dim tensor or a
-    tensor of that parameter's shape.
+
+def _slots(module: nn.Module, named) -> Dict[str, Tensor]:
+    """``{name: tensor}`` with one name per place a tensor is held (a module and an attribute).
+
+    ``named`` lists the tensors with ``remove_duplicate=False``: a module used twice in
+    the model (``Sequential(lin, act, lin)``) gives two names for one place, and only
+    the first is kept, because swapping one place twice would restore it wrongly; a
+    Parameter held by two modules gives two places, and both are kept.
+    """
+    out, seen = {}, set()
+    for name, t in named:
+        prefix, _, attr = name.rpartition(".")
+        place = (id(module.get_submodule(prefix)), attr)
+        if place not in seen:
+            seen.add(place)
+            out[name] = t
+    return out
+
+
+class _Binding:
+    """How a call hands per-task tensors to ``module``, read from the module at the call.
+
+    A call's ``params`` map the names of ``module.named_parameters()`` (one per distinct
+    Parameter, so tied weights have one name) to tensors; every place that holds a
+    Parameter gets the tensor of its Parameter, so tied places stay tied. Buffers are
+    the module's own, except the running statistics of a normalisation layer in
+    training mode that tracks them (``nn.BatchNorm*``, ``nn.InstanceNorm*`` with
+    ``track_running_stats``): those are passed as ``None``, so the layer normalises
+    with the batch's own statistics and updates nothing.
     """
 
-    def one_task(xt: Tensor, yt: Tensor):
-        def inner_loss(p):
-            return task_loss(functional_call(module, (p, buffers), (xt,)), yt, loss)
+    def __init__(self, module: nn.Module):
+        self.module = module
+        first = {id(p): n for n, p in module.named_parameters()}
+        held = _slots(module, module.named_parameters(remove_duplicate=False))
+        self.places = {s: first[id(p)] for s, p in held.items()}
+        self.buffers = _slots(module, module.named_buffers(remove_duplicate=False))
+        for name, m in module.named_modules(remove_duplicate=False):
+            if isinstance(m, _NormBase) and m.training and m.track_running_stats:
+                for b in _RUNNING_STATS:
+                    key = f"{name}.{b}" if name else b
+                    if key in self.buffers:
+                        self.buffers[key] = None
 
-        p = params
-        for _ in range(steps):
-            g = grad(inner_loss)(p)
-            if first_order:
-                g = {n: v.detach() for n, v in g.items()}
-            p = {n: p[n] - lrs[n] * g[n] for n in p}
-        # A fresh tensor per task even for steps == 0 (vmap needs batched outputs).
-        return {n: v + torch.zeros_like(xt.reshape(-1)[:1]).sum() for n, v in p.items()}
-
-    return vmap(one_task, randomness="different")(x, y)
+    def __call__(self, params: Dict[str, Tensor], x: Tensor) -> Tensor:
+        tensors = {s: params[n] for s, n in self.places.items()}
+        tensors.update(self.buffers)
+        return functional_call(self.module, tensors, (x,), tie_weights=False)
 
 
-def adapt_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], lrs: Dict[str, Tensor],
-               x: Tensor, y: Tensor, *, steps: int, loss: str, first_order: bool) -> Dict[str, Tensor]:
+def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *, steps: int,
+          loss: str, first_order: bool) -> Dict[str, Tensor]:
+    """Adapted parameters ``{name: [T, *shape]}`` after ``steps`` inner SGD steps per task.
+
+    ``params`` are shared (no task dimension), named as ``module.named_parameters()``
+    names them; ``lrs[name]`` is a 0-dim tensor or a tensor of that parameter's shape.
+    """
+    # y is an input of the vmapped function and torch.func's grad composes with the
+    # outer autograd, so targets that require a gradient get the exact one, through
+    # every inner step as through the query loss (tests/test_generic.py checks it
+    # against unrolled autograd, in this mode and the loop's).
+    with lock(module):
+        call = _Binding(module)
+
+        def one_task(xt: Tensor, yt: Tensor):
+            def inner_loss(p):
+                return task_loss(call(p, xt), yt, loss)
+
+            p = params
+            for _ in range(steps):
+                g = grad(inner_loss)(p)
+                if first_order:
+                    g = {n: v.detach() for n, v in g.items()}
+                p = {n: p[n] - lrs[n] * g[n] for n in p}
+            # A fresh tensor per task even for steps == 0 (vmap needs batched outputs).
+            return {n: v + torch.zeros_like(xt.reshape(-1)[:1]).sum() for n, v in p.items()}
+
+        return vmap(one_task, randomness="different")(x, y)
+
+
+def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *,
+               steps: int, loss: str, first_order: bool) -> Dict[str, Tensor]:
     """Same result as :func:`adapt`, one task at a time with ``torch.autograd.grad``.
 
     Under ``torch.inference_mode()`` the inner loop, which needs autograd, runs outside
@@ -93,34 +199,35 @@ def adapt_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, 
     if torch.is_inference_mode_enabled():
         with torch.inference_mode(False), torch.no_grad():
             x, y = x.clone(), y.clone()
-            return adapt_loop(module, params, buffers, lrs, x, y, steps=steps, loss=loss, first_order=first_order)
+            return adapt_loop(module, params, lrs, x, y, steps=steps, loss=loss, first_order=first_order)
     names = list(params)
     per_task = []
     need_graph = torch.is_grad_enabled()
-    for t in range(x.shape[0]):
-        p = [params[n] for n in names]
-        for _ in range(steps):
-            with torch.enable_grad():
-                q = [v if v.requires_grad else v.detach().requires_grad_() for v in p]
-                out = task_loss(functional_call(module, (dict(zip(names, q)), buffers), (x[t],)), y[t], loss)
-                gs = torch.autograd.grad(out, q, create_graph=need_graph and not first_order)
-            if not need_graph:
-                q = [v.detach() for v in q]
-            p = [a - lrs[n] * (g.detach() if first_order else g) for n, a, g in zip(names, q, gs)]
-        per_task.append(p)
+    with lock(module):
+        call = _Binding(module)
+        for t in range(x.shape[0]):
+            p = [params[n] for n in names]
+            for _ in range(steps):
+                with torch.enable_grad():
+                    q = [v if v.requires_grad else v.detach().requires_grad_() for v in p]
+                    out = task_loss(call(dict(zip(names, q)), x[t]), y[t], loss)
+                    gs = torch.autograd.grad(out, q, create_graph=need_graph and not first_order)
+                if not need_graph:
+                    q = [v.detach() for v in q]
+                p = [a - lrs[n] * (g.detach() if first_order else g) for n, a, g in zip(names, q, gs)]
+            per_task.append(p)
     return {n: torch.stack([pt[i] for pt in per_task]) for i, n in enumerate(names)}
 
 
-def forward(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], x: Tensor) -> Tensor:
+def forward(module: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Tensor:
     """``module`` applied per task with its own parameters: ``x`` ``[T, N, ...]``."""
-
-    def one_task(p, xt):
-        return functional_call(module, (p, buffers), (xt,))
-
-    return vmap(one_task, randomness="different")(params, x)
+    with lock(module):
+        call = _Binding(module)
+        return vmap(call, randomness="different")(params, x)
 
 
-def forward_loop(module: nn.Module, params: Dict[str, Tensor], buffers: Dict[str, Tensor], x: Tensor) -> Tensor:
+def forward_loop(module: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Tensor:
     """Same as :func:`forward`, one task at a time."""
-    return torch.stack([functional_call(module, ({n: v[t] for n, v in params.items()}, buffers), (x[t],))
-                        for t in range(x.shape[0])])
+    with lock(module):
+        call = _Binding(module)
+        return torch.stack([call({n: v[t] for n, v in params.items()}, x[t]) for t in range(x.shape[0])])

@@ -101,10 +101,10 @@ class _FusedFast(FastModel):
 
 
 class _GenericFast(FastModel):
-    def __init__(self, module, params: Dict[str, Tensor], buffers, mode: str):
+    def __init__(self, module, params: Dict[str, Tensor], mode: str):
         super().__init__(tasks=next(iter(params.values())).shape[0])
         _plain(self, "_module", module)  # not a submodule: the fast model owns no meta-parameters
-        self._params, self._buffers_d, self.mode = params, buffers, mode
+        self._params, self.mode = params, mode
 
     @property
     def params(self) -> List[Tensor]:
@@ -113,7 +113,7 @@ class _GenericFast(FastModel):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         fn = generic.forward if self.mode == "vmap" else generic.forward_loop
-        return fn(self._module, self._params, self._buffers_d, x)
+        return fn(self._module, self._params, x)
 
 
 class MAML(nn.Module):
@@ -132,6 +132,15 @@ class MAML(nn.Module):
         rate: how the inner rate is held (an :class:`InnerRate`; by default
             ``"learned"`` with ``learn_lr``, else ``"fixed"``); subclasses such as
             :class:`MetaSGD` pass their own.
+
+    On the generic path (:mod:`metakern.generic`), batch normalisation in training mode
+    uses each task's own batch statistics, in the inner loop (the support set) and in
+    the query forward (the query set), and ``adapt`` and ``meta_loss`` never update
+    the running statistics (``num_batches_tracked`` stays as it was); in eval mode
+    (``model.eval()``) the inner loop and the query forward use the running statistics.
+    Tied weights are one parameter (one inner rate in :class:`MetaSGD`), adapted once
+    per task and used at each place. Calls from several threads are safe: they take
+    the module's lock (:func:`metakern.generic.lock`) while they use the module.
 
     Example::
 
@@ -177,7 +186,8 @@ class MAML(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The un-adapted model (the meta-learned initialisation)."""
-        return self.module(x)
+        with generic.lock(self.module):  # not while another thread's generic call has swapped its parameters
+            return self.module(x)
 
     def _options(self, steps, first_order):
         steps = self.steps if steps is None else V.check_int("steps", steps, 0)
@@ -236,17 +246,21 @@ class MAML(nn.Module):
         return loss_value(pred, yq, LOSSES[self.loss])
 
     def _adapt_generic(self, x, y, steps, first_order):
-        named = dict(self.module.named_parameters())
-        lrs = dict(zip(named, self._rate.per_parameter(self, len(named))))
-        buffers = dict(self.module.named_buffers())
         if self.loss == "cross_entropy" and y.dtype != torch.int64:
             raise TypeError(f"y for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
         if self.loss == "mse" and not y.is_floating_point():
             raise TypeError(f"y for loss='mse' must be a float tensor, got {y.dtype}")
         mode = self.generic_mode if self.generic_mode != "auto" else generic.choose_mode(self.module)
+        if self.generic_mode == "vmap":
+            V.check_vmap_exact(self.module, first_order)
         fn = generic.adapt if mode == "vmap" else generic.adapt_loop
-        params = fn(self.module, named, buffers, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order)
-        return _GenericFast(self.module, params, buffers, mode)
+        # Under the module's lock: the parameters are read, and swapped by fn, while no
+        # other thread's call has them swapped.
+        with generic.lock(self.module):
+            named = dict(self.module.named_parameters())
+            lrs = dict(zip(named, self._rate.per_parameter(self, len(named))))
+            params = fn(self.module, named, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order)
+        return _GenericFast(self.module, params, mode)
 
     def extra_repr(self) -> str:
         path = f"fused dims={self.dims} activation={self.activation}" if self.fused else f"generic ({self.generic_reason})"
@@ -308,7 +322,9 @@ class Reptile(MAML):
         with torch.no_grad():
             fast = self.adapt(xs, ys, steps=steps)
             targets = [p.mean(0) for p in fast.params]
-        out = 0.5 * sum(((p - t) ** 2).sum() for p, t in zip(self.module.parameters(), targets))
+        with generic.lock(self.module):
+            theta = list(self.module.parameters())
+        out = 0.5 * sum(((p - t) ** 2).sum() for p, t in zip(theta, targets))
         return out * xs.shape[0] if red == Reduction.SUM else out
 
 

@@ -74,20 +74,35 @@ def _altered(m: nn.Module) -> str:
     return ""
 
 
+def _shared(model: nn.Module) -> str:
+    """Why ``model`` has tied weights (one Parameter used in two places), or ``""``."""
+    first = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            return f"parameters are shared: {name} is {first[id(p)]} (tied weights)"
+        first[id(p)] = name
+    return ""
+
+
 def fused_spec(model: nn.Module) -> Tuple[Optional[Tuple[Tuple[int, ...], str]], str]:
     """``((dims, activation), "")`` if the fused kernels cover ``model``, else ``(None, why)``.
 
     Covered: a single ``nn.Linear`` with bias, or an ``nn.Sequential`` (``MLP``
     included) of ``nn.Linear`` layers with bias, separated by one kind of
     supported activation module, with no activation after the last layer. Only these
-    exact types (a subclass may change ``forward``), and only modules without hooks
-    or parametrizations (``weight_norm``, ...): the fused kernels compute the plain
-    layers, so anything else takes the generic path.
+    exact types (a subclass may change ``forward``), only modules without hooks
+    or parametrizations (``weight_norm``, ...), and no Parameter used twice (one
+    ``nn.Linear`` at two places of the ``nn.Sequential``, or two layers holding one
+    weight): the fused kernels compute plain layers with a parameter each, so
+    anything else takes the generic path.
     """
     for m in model.modules():
         why = _altered(m)
         if why:
             return None, why
+    why = _shared(model)
+    if why:
+        return None, why
     if type(model) is nn.Linear:
         if model.bias is None:
             return None, "nn.Linear without bias"

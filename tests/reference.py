@@ -87,3 +87,26 @@ def adapt_packed(theta, lr, x, y, dims, steps, loss, act, first_order):
             g = g.detach()
         th = th - lr * g
     return th
+
+
+# Any model, written out as a function ``fn(params, x)`` of one task's points (no
+# nn.Module, no functional_call): the ground truth of the generic path.
+def task_loss(out, y, loss="mse"):
+    return F.mse_loss(out, y) if loss == "mse" else F.cross_entropy(out, y)
+
+
+def unrolled_losses(fn, params, lrs, xs, ys, xq, yq, steps, loss="mse", first_order=False):
+    """Per-task query losses ``[T]`` after ``steps`` inner SGD steps, one task at a time,
+    each step's gradient by ``torch.autograd.grad(create_graph=True)``; ``lrs`` holds one
+    rate (a float or a tensor) per parameter. First order: the inner gradients are
+    detached (constants)."""
+    out = []
+    for t in range(xs.shape[0]):
+        p = list(params)
+        for _ in range(steps):
+            gs = torch.autograd.grad(task_loss(fn(p, xs[t]), ys[t], loss), p, create_graph=not first_order)
+            if first_order:
+                gs = [g.detach() for g in gs]
+            p = [a - r * g for a, r, g in zip(p, lrs, gs)]
+        out.append(task_loss(fn(p, xq[t]), yq[t], loss))
+    return torch.stack(out)
