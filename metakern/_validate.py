@@ -163,17 +163,23 @@ def check_no_target_grad(y: Tensor, name: str):
 def check_vmap_exact(module: torch.nn.Module, first_order: bool):
     """``generic_mode="vmap"``, asked for explicitly: refused where torch.func's ``vmap``
     over ``grad`` gives a wrong second-order meta-gradient. With torch 2.14 that is the
-    case through a normalisation layer that uses its batch's statistics (``nn.BatchNorm*``
-    and ``nn.InstanceNorm*`` in training mode, or without running statistics): the
-    value is right, the meta-gradient is off by around 1%."""
+    case through a normalisation layer: one that uses its batch's statistics
+    (``nn.BatchNorm*`` and ``nn.InstanceNorm*`` in training mode, or without running
+    statistics), and ``nn.LayerNorm``. The value is right, the meta-gradient is off by
+    around 1% (a few % for LayerNorm)."""
     if first_order or not torch.is_grad_enabled():
         return
     for name, m in module.named_modules():
         if isinstance(m, _NormBase) and (m.training or not m.track_running_stats):
-            where = f"{type(m).__name__} {name!r}" if name else type(m).__name__
-            raise ValueError(f"generic_mode='vmap' gives a wrong second-order meta-gradient through {where}, which "
-                             "normalises with its batch's statistics; use generic_mode='auto' or 'loop' (exact), "
-                             "first_order=True, or the running statistics (model.eval())")
+            how = "normalises with its batch's statistics"
+        elif isinstance(m, torch.nn.LayerNorm):
+            how = "normalises each point with its own statistics"
+        else:
+            continue
+        where = f"{type(m).__name__} {name!r}" if name else type(m).__name__
+        raise ValueError(f"generic_mode='vmap' gives a wrong second-order meta-gradient through {where}, which "
+                         f"{how}; use generic_mode='auto' or 'loop' (exact), first_order=True, or, for batch "
+                         "norm, the running statistics (model.eval())")
 
 
 def check_query(xq, xs: Tensor):
