@@ -183,11 +183,16 @@ class MAML(nn.Module):
         return steps, first_order
 
     def adapt(self, x: Tensor, y: Tensor, steps: Optional[int] = None, first_order: Optional[bool] = None) -> FastModel:
-        """Adapt to every task of the batch: ``x`` ``[T, N, ...]``, ``y`` ``[T, N, O]`` or ``[T, N]``."""
+        """Adapt to every task of the batch: ``x`` ``[T, N, ...]``, ``y`` ``[T, N, O]`` or ``[T, N]``.
+
+        On the fused path ``x`` is ``[T, N, D]``, or ``[T, N, *shape]`` with ``D`` values per
+        point (images ``[T, N, 1, 28, 28]`` for a 784-input MLP), flattened to ``[T, N, D]``;
+        the fast model flattens its inputs the same way."""
         steps, first_order = self._options(steps, first_order)
         V.check_batch(x, y)
         if not self.fused:
             return self._adapt_generic(x, y, steps, first_order)
+        x = V.flatten_points(x, self.dims[0])
         p = V.adapt_problem(self._fused_params(), x, y, lr=self._rate.value(self), steps=steps, loss=self.loss,
                             activation=self.activation, first_order=first_order, backend=self.backend,
                             where="model parameters")
@@ -217,6 +222,7 @@ class MAML(nn.Module):
         if not self.fused:
             fast = self._adapt_generic(xs, ys, steps, first_order)
             return reduce_losses(self._query_losses(fast(xq), yq), red)
+        xs, xq = V.flatten_points(xs, self.dims[0], "xs"), V.flatten_points(xq, self.dims[0], "xq")
         p = V.maml_problem(self._fused_params(), xs, ys, xq, yq, lr=self._rate.value(self), steps=steps,
                            loss=self.loss, activation=self.activation, first_order=first_order,
                            backend=self.backend, reduction=reduction, where="model parameters")
