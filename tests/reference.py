@@ -87,3 +87,36 @@ def adapt_packed(theta, lr, x, y, dims, steps, loss, act, first_order):
             g = g.detach()
         th = th - lr * g
     return th
+
+
+# Any nn.Module: the inner loop unrolled one task at a time (the generic path's ground truth).
+def module_meta_loss(model, xs, ys, xq, yq, lr, steps, loss="cross_entropy", first_order=False, embed=None):
+    """Mean over tasks of the query loss after ``steps`` inner SGD steps of ``model`` per task.
+
+    Differentiable with respect to ``model``'s parameters and ``lr`` (a float, a 0-dim
+    tensor, or one tensor per parameter in ``named_parameters()`` order: Meta-SGD) through
+    ``torch.autograd.grad(create_graph=True)``; ``first_order`` treats the inner gradients
+    as constants. Each call of the model sees one task's support or query set, so batch
+    norm in training mode uses that set's statistics; the model runs on copies of its
+    buffers, so its running statistics are left as they were. ``embed`` (ANIL's body) maps
+    each task's support and query inputs to the model's inputs first; it runs as itself.
+    """
+    names, params = zip(*model.named_parameters())
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(params)
+
+    def run(p, x):
+        return torch.func.functional_call(model, {**dict(zip(names, p)), **buffers}, (x,))
+
+    def mean_loss(out, y):
+        return F.mse_loss(out, y) if loss == "mse" else F.cross_entropy(out, y)
+
+    total = 0
+    for t in range(xs.shape[0]):
+        s, q = (xs[t], xq[t]) if embed is None else (embed(xs[t]), embed(xq[t]))
+        p = list(params)
+        for _ in range(steps):
+            gs = torch.autograd.grad(mean_loss(run(p, s), ys[t]), p, create_graph=not first_order)
+            p = [a - l * (g.detach() if first_order else g) for a, l, g in zip(p, lrs, gs)]
+        total = total + mean_loss(run(p, q), yq[t])
+    return total / xs.shape[0]
