@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._contract import ACTIVATIONS, Act
+from ._validate import check_int
 
 # the module of each activation code (one per contract.Act member)
 _ACT_CLASS = {Act.IDENTITY: nn.Identity, Act.RELU: nn.ReLU, Act.TANH: nn.Tanh, Act.SIGMOID: nn.Sigmoid}
@@ -86,7 +87,8 @@ class OmniglotMLP(MLP):
     HIDDEN = (256, 128, 64, 64)
 
     def __init__(self, in_features: int = 784, ways: int = 5):
-        super().__init__(in_features, list(self.HIDDEN), ways, activation="relu")
+        super().__init__(check_int("in_features", in_features, 1), list(self.HIDDEN), check_int("ways", ways, 1),
+                         activation="relu")
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -134,13 +136,11 @@ class Conv4(nn.Module):
 
     def __init__(self, in_channels: int = 1, ways: int = 5, hidden: int = 64, image_size: int = 28):
         super().__init__()
-        for name, v, low in (("in_channels", in_channels, 1), ("ways", ways, 1), ("hidden", hidden, 1),
-                             ("image_size", image_size, 16)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
-            if v < low:
-                why = "; four 2x2 poolings need at least 16 pixels" if name == "image_size" else ""
-                raise ValueError(f"{name} must be >= {low}, got {v}{why}")
+        in_channels, ways, hidden = (check_int(n, v, 1) for n, v in
+                                     (("in_channels", in_channels), ("ways", ways), ("hidden", hidden)))
+        if check_int("image_size", image_size) < 16:
+            raise ValueError(f"image_size must be at least 16 (four 2x2 poolings halve it four times), got "
+                             f"{image_size}; resize the images")
         side = int(image_size)
         for _ in range(4):
             side //= 2
