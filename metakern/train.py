@@ -80,7 +80,7 @@ def build_learner(algo: str, task, *, hidden=None, inner_lr: Optional[float] = N
         return _whole_model_learner(algo, net, inner_lr, steps, loss, backend)
     hidden = (40, 40) if hidden is None else tuple(hidden)
     D = math.prod(shape)
-    flat = [nn.Flatten()] if len(shape) > 1 else []  # ANIL's body sees single points [N, *shape]
+    flat = [nn.Flatten()] if len(shape) > 1 else []  # ANIL's body gets batches of points [N, *shape]
     if algo == "anil":
         if hidden:
             body = nn.Sequential(*flat, MLP(D, list(hidden[:-1]), hidden[-1], activation=activation),
