@@ -7,7 +7,7 @@ from .version import __version__
 from . import backends, functional, tasks
 from .functional import adapt, forward
 from .learners import ANIL, MAML, FastModel, MetaSGD, Reptile
-from .nn import MLP
+from .nn import MLP, Conv4, OmniglotMLP
 
-__all__ = ["__version__", "adapt", "forward", "backends", "functional", "tasks", "MLP", "MAML", "MetaSGD",
-           "Reptile", "ANIL", "FastModel"]
+__all__ = ["__version__", "adapt", "forward", "backends", "functional", "tasks", "MLP", "Conv4", "OmniglotMLP",
+           "MAML", "MetaSGD", "Reptile", "ANIL", "FastModel"]

@@ -117,11 +117,28 @@ def check_x(x, name: str = "x"):
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a tensor [T, N, D], got {type(x).__name__}")
     if x.dim() != 3:
-        raise ValueError(f"{name} must have shape [T, N, D] (tasks, points, features), got {tuple(x.shape)}")
+        hint = f"; flatten each point with {name}.flatten(2)" if x.dim() > 3 else ""
+        raise ValueError(f"{name} must have shape [T, N, D] (tasks, points, features), got {tuple(x.shape)}{hint}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     if 0 in x.shape:
         raise ValueError(f"{name} must have at least one task, point and feature, got shape {tuple(x.shape)}")
+
+
+def flatten_points(x, in_features: int, name: str = "x"):
+    """A fused model's batch with each point flattened: ``x`` ``[T, N, D]`` is returned as
+    it is; ``[T, N, *shape]`` (images ``[T, N, C, H, W]``, ...) becomes ``[T, N, D]`` when
+    ``shape`` holds the model's ``in_features = D`` values, as ``nn.Flatten`` would lay
+    them out. Anything else is left to :func:`check_x`, except a point shape of the
+    wrong size, refused here."""
+    if not isinstance(x, Tensor) or x.dim() <= 3:
+        return x
+    size = math.prod(x.shape[2:])
+    if size != in_features:
+        raise ValueError(f"{name} has points of shape {tuple(x.shape[2:])} ({size} values) but the model's first "
+                         f"layer takes {in_features} features; pass {name} as [T, N, {in_features}] (or points of "
+                         f"{in_features} values), or build the model for points of {size} values")
+    return x.flatten(2)
 
 
 def check_y(y, x: Tensor, loss: int, out_features: int, name: str = "y", x_name: str = "x"):
@@ -387,6 +404,7 @@ def packed_forward_call(theta: Tensor, x, dims, backend: str) -> Tuple[Tensor, s
     check_batch(x, None)
     if x.shape[0] != theta.shape[0]:
         raise ValueError(f"x has {x.shape[0]} tasks but this fast model was adapted on {theta.shape[0]}")
+    x = flatten_points(x, dims[0])
     if x.dim() != 3 or x.shape[-1] != dims[0] or x.dtype != theta.dtype:
         raise ValueError(f"x must be [T, N, {dims[0]}] of dtype {theta.dtype}, got {tuple(x.shape)} {x.dtype}")
     return x.contiguous(), select_backend(backend, x, dims, x.shape[1])

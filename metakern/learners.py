@@ -195,11 +195,16 @@ class MAML(nn.Module):
         return steps, first_order
 
     def adapt(self, x: Tensor, y: Tensor, steps: Optional[int] = None, first_order: Optional[bool] = None) -> FastModel:
-        """Adapt to every task of the batch: ``x`` ``[T, N, ...]``, ``y`` ``[T, N, O]`` or ``[T, N]``."""
+        """Adapt to every task of the batch: ``x`` ``[T, N, ...]``, ``y`` ``[T, N, O]`` or ``[T, N]``.
+
+        On the fused path ``x`` is ``[T, N, D]``, or ``[T, N, *shape]`` with ``D`` values per
+        point (images ``[T, N, 1, 28, 28]`` for a 784-input MLP), flattened to ``[T, N, D]``;
+        the fast model flattens its inputs the same way."""
         steps, first_order = self._options(steps, first_order)
         V.check_batch(x, y)
         if not self.fused:
             return self._adapt_generic(x, y, steps, first_order)
+        x = V.flatten_points(x, self.dims[0])
         p = V.adapt_problem(self._fused_params(), x, y, lr=self._rate.value(self), steps=steps, loss=self.loss,
                             activation=self.activation, first_order=first_order, backend=self.backend,
                             where="model parameters")
@@ -229,6 +234,7 @@ class MAML(nn.Module):
         if not self.fused:
             fast = self._adapt_generic(xs, ys, steps, first_order)
             return reduce_losses(self._query_losses(fast(xq), yq), red)
+        xs, xq = V.flatten_points(xs, self.dims[0], "xs"), V.flatten_points(xq, self.dims[0], "xq")
         p = V.maml_problem(self._fused_params(), xs, ys, xq, yq, lr=self._rate.value(self), steps=steps,
                            loss=self.loss, activation=self.activation, first_order=first_order,
                            backend=self.backend, reduction=reduction, where="model parameters")
@@ -328,13 +334,23 @@ class Reptile(MAML):
         return out * xs.shape[0] if red == Reduction.SUM else out
 
 
+def _normalises_by_batch(module: nn.Module) -> bool:
+    """Whether ``module`` holds a batch norm layer that normalises by batch statistics
+    (training mode, or no running statistics)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+               for m in module.modules())
+
+
 class ANIL(nn.Module):
     """ANIL (Raghu et al., 2020): adapt only the head; the body is shared and meta-learned.
 
-    ``body`` is any module mapping one point's input to features (it is applied to
-    ``x.reshape(T*N, ...)``); ``head`` is adapted per task, on the fused path when
-    it is an ``nn.Linear`` or an MLP. The meta-gradient reaches the body through the
-    support features (second order) and the query features.
+    ``body`` is any module mapping a batch of points to features (it is applied to
+    ``x.reshape(T*N, ...)``, or task by task when it holds batch norm in training mode,
+    so that each task is normalised by its own statistics: see :meth:`features`);
+    ``head`` is adapted per task, on the fused path when it is an ``nn.Linear`` or an
+    MLP. The meta-gradient reaches the body through the support features (second
+    order) and the query features. With ``net = mk.nn.Conv4(...)``,
+    ``ANIL(net.body, net.head)`` adapts the convolutional network's linear head only.
 
     >>> import torch, metakern as mk
     >>> anil = mk.ANIL(mk.MLP(1, [40], 40), torch.nn.Linear(40, 1), lr=0.1)
@@ -355,9 +371,15 @@ class ANIL(nn.Module):
                          backend=backend, generic_mode=generic_mode)
 
     def features(self, x: Tensor) -> Tensor:
-        """Body features ``[T, N, F]`` of ``x`` ``[T, N, ...]``."""
+        """Body features ``[T, N, F]`` of ``x`` ``[T, N, ...]``.
+
+        The body runs on all ``T * N`` points at once, except when it holds batch norm in
+        training mode: then it runs on one task at a time, so that each task's support
+        and query sets are normalised by their own batch statistics, as MAML does."""
         V.check_batch(x, None)
         T, N = x.shape[:2]
+        if _normalises_by_batch(self.body):
+            return torch.stack([self.body(x[t]).reshape(N, -1) for t in range(T)])
         f = self.body(x.reshape(T * N, *x.shape[2:]))
         return f.reshape(T, N, -1)
 

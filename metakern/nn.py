@@ -1,14 +1,16 @@
-"""Model helpers: the ``MLP`` module and recognition of models the fused kernels cover."""
+"""Models and model helpers: ``MLP``, the few-shot image models of the MAML paper
+(``OmniglotMLP``, ``Conv4``), and recognition of models the fused kernels cover."""
 from __future__ import annotations
 
 import numbers
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._contract import ACTIVATIONS, Act
+from ._validate import check_int
 
 # the module of each activation code (one per contract.Act member)
 _ACT_CLASS = {Act.IDENTITY: nn.Identity, Act.RELU: nn.ReLU, Act.TANH: nn.Tanh, Act.SIGMOID: nn.Sigmoid}
@@ -64,6 +66,99 @@ class MLP(nn.Sequential):
         self.dims = tuple(int(w) for w in widths)
 
 
+class OmniglotMLP(MLP):
+    """The non-convolutional network of MAML's Omniglot experiments (Finn et al., 2017):
+    ``in_features -> 256 -> 128 -> 64 -> 64 -> ways`` with ReLU.
+
+    The paper puts batch normalisation after each hidden layer. The fused kernels
+    have no normalisation, so this network has none: it is an :class:`MLP`, and the
+    learners run it on the fused kernels. (For the batch-normalised version, build an
+    ``nn.Sequential`` with ``nn.BatchNorm1d``; it takes the generic path.)
+
+    Images reach it flattened: the learners (``MAML``, ``MetaSGD``, ...) flatten a
+    batch ``[T, N, 1, 28, 28]`` to ``[T, N, 784]`` when the model is fused and the
+    trailing dimensions hold ``in_features`` values, and refuse other shapes.
+
+    >>> net = OmniglotMLP()
+    >>> net.dims
+    (784, 256, 128, 64, 64, 5)
+    """
+
+    HIDDEN = (256, 128, 64, 64)
+
+    def __init__(self, in_features: int = 784, ways: int = 5):
+        super().__init__(check_int("in_features", in_features, 1), list(self.HIDDEN), check_int("ways", ways, 1),
+                         activation="relu")
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+
+
+class Conv4(nn.Module):
+    """The four-block convolutional network of MAML's few-shot image experiments.
+
+    Four blocks ``conv3x3(hidden, padding 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)``,
+    flattened, then a linear head: the embedding of Vinyals et al. (2016) that Finn et
+    al. (2017) meta-learn (``conv_block`` in the reference code, github.com/cbfinn/maml,
+    ``utils.py``). ``image_size`` 28 (Omniglot) gives ``hidden`` features (1x1 after four
+    poolings, each rounding down), 84 (mini-ImageNet, ``in_channels=3``) gives
+    ``hidden * 5 * 5``. Differences from the reference code: its Omniglot runs use
+    stride-2 convolutions instead of max pooling (``--max_pool=False``, the default
+    there; its mini-ImageNet runs pool, with 32 filters), and its batch norm learns a
+    shift only, where ``nn.BatchNorm2d`` learns a scale and a shift. The convolutions
+    keep their bias, as there; batch norm with batch statistics cancels it (its
+    gradient is zero).
+
+    Args:
+        in_channels: image channels (1 for Omniglot, 3 for mini-ImageNet).
+        ways: classes per task, the head's outputs.
+        hidden: filters of every convolution (64 for Omniglot, 32 for mini-ImageNet in the paper).
+        image_size: height and width of the (square) images, at least 16.
+
+    ``body`` (the four blocks and the flattening, ``[N, C, H, W] -> [N, features]``) and
+    ``head`` (an ``nn.Linear``) are attributes, so ANIL can meta-learn the body and adapt
+    the head on the fused kernels: ``mk.ANIL(net.body, net.head)``. MAML on the whole
+    network takes the generic path.
+
+    Batch norm: in training mode (the default) every forward call normalises with the
+    statistics of its own batch. The learners call the network once per task (the
+    generic path's ``loop`` mode, which ``generic_mode="auto"`` picks for batch norm,
+    adapts one task at a time; ANIL runs a body with batch norm task by task), so each
+    task is normalised by its own support or query statistics, in the inner loop and
+    at meta-test alike, as MAML does (transductive). The running statistics are used
+    only in eval mode.
+
+    >>> net = Conv4(in_channels=1, ways=5, hidden=8, image_size=28)
+    >>> net(torch.zeros(10, 1, 28, 28)).shape, net.features
+    (torch.Size([10, 5]), 8)
+    """
+
+    def __init__(self, in_channels: int = 1, ways: int = 5, hidden: int = 64, image_size: int = 28):
+        super().__init__()
+        in_channels, ways, hidden = (check_int(n, v, 1) for n, v in
+                                     (("in_channels", in_channels), ("ways", ways), ("hidden", hidden)))
+        if check_int("image_size", image_size) < 16:
+            raise ValueError(f"image_size must be at least 16 (four 2x2 poolings halve it four times), got "
+                             f"{image_size}; resize the images")
+        side = int(image_size)
+        for _ in range(4):
+            side //= 2
+        self.in_channels, self.image_size, self.features = int(in_channels), int(image_size), int(hidden) * side * side
+        self.body = nn.Sequential(_conv_block(in_channels, hidden), _conv_block(hidden, hidden),
+                                  _conv_block(hidden, hidden), _conv_block(hidden, hidden), nn.Flatten())
+        self.head = nn.Linear(self.features, ways)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[N, ways]`` of images ``x`` ``[N, in_channels, image_size, image_size]``."""
+        want = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"Conv4 takes images [N, {want[0]}, {want[1]}, {want[2]}] (built with in_channels="
+                             f"{want[0]}, image_size={want[1]}), got {tuple(x.shape)}; build Conv4 for these images "
+                             "or resize them")
+        return self.head(self.body(x))
+
+
 def _altered(m: nn.Module) -> str:
     """Why ``m`` does not compute its type's plain forward, or ``""``."""
     hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -87,8 +182,8 @@ def _shared(model: nn.Module) -> str:
 def fused_spec(model: nn.Module) -> Tuple[Optional[Tuple[Tuple[int, ...], str]], str]:
     """``((dims, activation), "")`` if the fused kernels cover ``model``, else ``(None, why)``.
 
-    Covered: a single ``nn.Linear`` with bias, or an ``nn.Sequential`` (``MLP``
-    included) of ``nn.Linear`` layers with bias, separated by one kind of
+    Covered: a single ``nn.Linear`` with bias, or an ``nn.Sequential`` (``MLP`` and
+    ``OmniglotMLP`` included) of ``nn.Linear`` layers with bias, separated by one kind of
     supported activation module, with no activation after the last layer. Only these
     exact types (a subclass may change ``forward``), only modules without hooks
     or parametrizations (``weight_norm``, ...), and no Parameter used twice (one
@@ -107,7 +202,7 @@ def fused_spec(model: nn.Module) -> Tuple[Optional[Tuple[Tuple[int, ...], str]],
         if model.bias is None:
             return None, "nn.Linear without bias"
         return ((model.in_features, model.out_features), "identity"), ""
-    if type(model) not in (nn.Sequential, MLP):
+    if type(model) not in (nn.Sequential, MLP, OmniglotMLP):
         return None, f"{type(model).__name__} is not an nn.Linear or nn.Sequential"
     mods = list(model)
     if not mods or not isinstance(mods[-1], nn.Linear):

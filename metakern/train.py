@@ -11,8 +11,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ._validate import check_int
 from .learners import ANIL, MAML, MetaSGD, Reptile
-from .nn import MLP, activation_module
+from .nn import MLP, Conv4, activation_module
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "anil")
 
@@ -28,27 +29,70 @@ def inner_defaults(algo: str):
     return params["lr"].default, params["steps"].default
 
 
-def build_learner(algo: str, task, *, hidden=(40, 40), inner_lr: Optional[float] = None,
-                  steps: Optional[int] = None, backend: str = "auto", activation: str = "relu") -> nn.Module:
-    """The learner for ``algo`` on ``task`` (an MLP sized by the task).
+MODELS = ("mlp", "conv4")
+
+
+def input_shape(task) -> tuple:
+    """The shape of one input point of ``task``: its ``input_shape`` when it has one, else
+    the trailing shape of its ``features`` tensor (``FewShotClassification``), else
+    ``(task.in_features,)``."""
+    shape = getattr(task, "input_shape", None)
+    if shape is None and isinstance(getattr(task, "features", None), torch.Tensor):
+        shape = task.features.shape[1:]
+    return tuple(int(d) for d in shape) if shape is not None else (int(task.in_features),)
+
+
+def build_learner(algo: str, task, *, hidden=None, inner_lr: Optional[float] = None,
+                  steps: Optional[int] = None, backend: str = "auto", activation: str = "relu",
+                  model: str = "mlp", filters: int = 64) -> nn.Module:
+    """The learner for ``algo`` on ``task``, with a model sized by the task.
+
+    ``model="mlp"``: an :class:`~metakern.nn.MLP` with hidden widths ``hidden`` (default
+    ``(40, 40)``; ``mk.OmniglotMLP.HIDDEN`` gives the MAML paper's 256-128-64-64) on the
+    task's inputs, flattened (a task of images ``[C, H, W]`` feeds ``C*H*W`` features);
+    fused for every algorithm. ``model="conv4"``: :class:`~metakern.nn.Conv4` with
+    ``filters`` per convolution, for tasks whose points are square images ``[C, S, S]``
+    (:func:`input_shape`); MAML, FOMAML, Meta-SGD and Reptile adapt the whole network on
+    the generic path, ANIL meta-learns its body and adapts its linear head on the fused
+    kernels.
 
     ``inner_lr`` and ``steps`` default to the algorithm's own (:func:`inner_defaults`).
-    For ANIL the hidden layers are the body (each followed by the activation) and the
-    head is one ``nn.Linear``; with no hidden layer the body is the identity.
+    For ANIL with ``model="mlp"`` the hidden layers are the body (each followed by the
+    activation) and the head is one ``nn.Linear``; with no hidden layer the body is the
+    identity (a flattening for images).
     """
     lr0, steps0 = inner_defaults(algo)
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     inner_lr = lr0 if inner_lr is None else inner_lr
     steps = steps0 if steps is None else steps
-    D, O, loss = task.in_features, task.out_features, task.loss
+    shape, O, loss = input_shape(task), task.out_features, task.loss
+    if model == "conv4":
+        if hidden is not None:
+            raise ValueError("hidden sets the widths of model='mlp'; for model='conv4' set filters= (filters per "
+                             "convolution) instead")
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ValueError(f"model='conv4' needs a task of square images [C, S, S] per point, but {task!r} has "
+                             f"points of shape {shape}; use model='mlp' for feature vectors")
+        net = Conv4(in_channels=shape[0], ways=O, hidden=check_int("filters", filters, 1), image_size=shape[1])
+        if algo == "anil":
+            return ANIL(net.body, net.head, lr=inner_lr, steps=steps, loss=loss, backend=backend)
+        return _whole_model_learner(algo, net, inner_lr, steps, loss, backend)
+    hidden = (40, 40) if hidden is None else tuple(hidden)
+    D = math.prod(shape)
+    flat = [nn.Flatten()] if len(shape) > 1 else []  # ANIL's body gets batches of points [N, *shape]
     if algo == "anil":
         if hidden:
-            body = nn.Sequential(MLP(D, list(hidden[:-1]), hidden[-1], activation=activation),
+            body = nn.Sequential(*flat, MLP(D, list(hidden[:-1]), hidden[-1], activation=activation),
                                  activation_module(activation))
             feat = hidden[-1]
         else:
-            body, feat = nn.Identity(), D
+            body, feat = (flat[0] if flat else nn.Identity()), D
         return ANIL(body, nn.Linear(feat, O), lr=inner_lr, steps=steps, loss=loss, backend=backend)
-    model = MLP(D, list(hidden), O, activation=activation)
+    return _whole_model_learner(algo, MLP(D, list(hidden), O, activation=activation), inner_lr, steps, loss, backend)
+
+
+def _whole_model_learner(algo, model, inner_lr, steps, loss, backend):
     if algo == "metasgd":
         return MetaSGD(model, lr=inner_lr, steps=steps, loss=loss, backend=backend)
     if algo == "reptile":

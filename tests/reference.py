@@ -110,3 +110,25 @@ def unrolled_losses(fn, params, lrs, xs, ys, xq, yq, steps, loss="mse", first_or
             p = [a - r * g for a, r, g in zip(p, lrs, gs)]
         out.append(task_loss(fn(p, xq[t]), yq[t], loss))
     return torch.stack(out)
+
+
+def module_meta_loss(model, xs, ys, xq, yq, lr, steps, loss="cross_entropy", first_order=False, embed=None):
+    """Mean over tasks of the query loss after ``steps`` inner SGD steps of ``model`` per
+    task (:func:`unrolled_losses` with the module as its function).
+
+    ``lr``: a float, a 0-dim tensor, or one tensor per parameter in ``named_parameters()``
+    order (Meta-SGD). Each call of the model sees one task's support or query set, so
+    batch norm in training mode uses that set's statistics; the model runs on copies of
+    its buffers, so its running statistics are left as they were. ``embed`` (ANIL's body)
+    maps each task's support and query inputs to the model's inputs first; it runs as itself.
+    """
+    names, params = zip(*model.named_parameters())
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(params)
+
+    def fn(p, x):
+        return torch.func.functional_call(model, {**dict(zip(names, p)), **buffers}, (x,))
+
+    if embed is not None:
+        xs, xq = (torch.stack([embed(x[t]) for t in range(x.shape[0])]) for x in (xs, xq))
+    return unrolled_losses(fn, params, lrs, xs, ys, xq, yq, steps, loss, first_order).mean()
