@@ -159,6 +159,17 @@ class _Binding:
         return functional_call(self.module, tensors, (x,), tie_weights=False)
 
 
+def forward_tasks(module: nn.Module, x: Tensor) -> Tensor:
+    """``module`` (its own parameters) on each task's points ``x[t]`` apart: ``[T, ...]``.
+
+    As everywhere on this path, batch norm in training mode normalises each task with
+    its own statistics and the running statistics are left as they were (ANIL's body).
+    """
+    with lock(module):
+        bind, params = _Binding(module), dict(module.named_parameters())
+        return torch.stack([bind(params, x[t]) for t in range(x.shape[0])])
+
+
 def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *, steps: int,
           loss: str, first_order: bool) -> Dict[str, Tensor]:
     """Adapted parameters ``{name: [T, *shape]}`` after ``steps`` inner SGD steps per task.

@@ -375,11 +375,12 @@ class ANIL(nn.Module):
 
         The body runs on all ``T * N`` points at once, except when it holds batch norm in
         training mode: then it runs on one task at a time, so that each task's support
-        and query sets are normalised by their own batch statistics, as MAML does."""
+        and query sets are normalised by their own batch statistics, as MAML does, and
+        (the generic path's rule) without updating the running statistics."""
         V.check_batch(x, None)
         T, N = x.shape[:2]
         if _normalises_by_batch(self.body):
-            return torch.stack([self.body(x[t]).reshape(N, -1) for t in range(T)])
+            return generic.forward_tasks(self.body, x).reshape(T, N, -1)
         f = self.body(x.reshape(T * N, *x.shape[2:]))
         return f.reshape(T, N, -1)
 

@@ -171,8 +171,12 @@ def test_anil_features_use_each_tasks_statistics(request):
     net = mk.Conv4(in_channels=1, ways=5, hidden=4, image_size=16).to(DT)
     anil = mk.ANIL(net.body, net.head, loss="cross_entropy")
     x = torch.rand(3, 4, 1, 16, 16, generator=g, dtype=DT)
+    stats = {n: b.clone() for n, b in net.body.named_buffers()}
+    got = anil.features(x)
+    for n, b in net.body.named_buffers():  # the generic path's rule: no running-statistics update
+        assert torch.equal(b, stats[n]), f"{n} changed"
     per_task = torch.stack([net.body(x[t]) for t in range(3)])
-    assert_close(anil.features(x), per_task, RTOL[DT], "training mode")
+    assert_close(got, per_task, RTOL[DT], "training mode")
     net.eval()  # running statistics: one pass over all the points gives the same
     assert_close(anil.features(x), net.body(x.flatten(0, 1)).view(3, 4, -1), RTOL[DT], "eval mode")
 
