@@ -46,6 +46,7 @@ What a call hands the model, in both modes:
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from typing import Dict
@@ -55,6 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _NormBase  # the base of nn.BatchNorm* and nn.InstanceNorm*
+
+from ._contract import is_compiling
 
 # the buffers of a normalisation layer that its forward updates in training mode
 _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -99,10 +102,13 @@ def task_loss(pred: Tensor, y: Tensor, loss: str) -> Tensor:
     return F.cross_entropy(pred, y)
 
 
-def lock(module: nn.Module) -> threading.RLock:
+def lock(module: nn.Module):
     """The lock of ``module`` (re-entrant, one per module): held by the calls here while
     they swap the module's tensors, and by the learners while they read its parameters
-    or call it."""
+    or call it. Under ``torch.compile`` a no-op context (dynamo cannot enter a lock; the
+    compiled graph does not swap the module's tensors)."""
+    if is_compiling():
+        return contextlib.nullcontext()
     with _LOCKS_GUARD:
         found = _LOCKS.get(module)
         if found is None:
