@@ -196,15 +196,20 @@ def _class_ids(classes):
 class FewShotClassification:
     """N-way K-shot classification episodes over a labelled dataset.
 
-    ``features`` is a float tensor ``[M, F]`` and ``labels`` an integer tensor ``[M]``
-    (any class ids). Each task draws ``ways`` distinct classes from the pool
+    ``features`` is a tensor ``[M, F]``, or ``[M, *shape]`` for images (e.g.
+    ``[M, 1, H, W]``), and ``labels`` an integer tensor ``[M]`` (any class ids).
+    Features are floating point, or ``uint8`` images whose values ``0..255`` are
+    sampled as ``value / 255``, in ``[0, 1]`` (a quarter of the memory of float32).
+    Each task draws ``ways`` distinct classes from the pool
     (``classes``, default: every class in ``labels``), relabels them ``0..ways-1`` in
     a random order, and draws ``shots + queries`` distinct examples per class without
     replacement: the first ``shots`` go to the support set, the rest to the query
     set, so no example is in both. Sets are class-major (all examples of label 0,
-    then label 1, ...): x_support ``[T, ways*shots, F]``, y_support
-    ``[T, ways*shots]`` int64, and likewise ``ways*queries`` for the query set.
-    ``dtype`` applies to x; ``device=None`` keeps the device of ``features``.
+    then label 1, ...): x_support ``[T, ways*shots, F]`` (``[T, ways*shots, *shape]``
+    for images), y_support ``[T, ways*shots]`` int64, and likewise ``ways*queries``
+    for the query set. ``dtype`` applies to x; ``device=None`` keeps the device of
+    ``features``. ``input_shape`` is the shape of one example (``(F,)`` or ``shape``)
+    and ``in_features`` its number of values.
 
     Disjoint meta-train / meta-test classes: ``train, test = task.split(n)`` puts
     ``n`` classes in ``train`` and the rest in ``test``; or pass ``classes=`` yourself
@@ -227,10 +232,12 @@ class FewShotClassification:
         if not isinstance(features, torch.Tensor):
             raise TypeError(f"features must be a torch.Tensor [M, F], got {type(features).__name__}; "
                             "convert with torch.as_tensor(features, dtype=torch.float32)")
-        if not features.is_floating_point():
-            raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}; use features.float()")
-        if features.dim() != 2:
-            raise ValueError(f"features must be 2-D [M, F], got shape {tuple(features.shape)}; flatten with features.flatten(1)")
+        if not (features.is_floating_point() or features.dtype == torch.uint8):
+            raise TypeError(f"features must be a floating-point tensor (or uint8 images), got dtype {features.dtype}; "
+                            "use features.float()")
+        if features.dim() < 2 or 0 in features.shape[1:]:
+            raise ValueError(f"features must be [M, F] or [M, *shape] with no empty dimension, got shape "
+                             f"{tuple(features.shape)}; add a feature dimension with features[:, None]")
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"labels must be a torch.Tensor [M] of int64 class ids, got {type(labels).__name__}; "
                             "convert with torch.as_tensor(labels, dtype=torch.int64)")
@@ -244,7 +251,8 @@ class FewShotClassification:
         self.queries = check_int("queries", queries, 1)
         self.features = features
         self.labels = labels.detach().to("cpu", torch.int64)
-        present = torch.unique(self.labels).tolist()
+        present_t, present_counts = torch.unique(self.labels, return_counts=True)  # sorted
+        present = present_t.tolist()
         if classes is None:
             pool = present
         else:
@@ -255,8 +263,14 @@ class FewShotClassification:
         if self.ways > len(pool):
             raise ValueError(f"ways={self.ways} exceeds the {len(pool)} classes available; "
                              "lower ways or pass more classes")
-        members = [torch.nonzero(self.labels == c).flatten() for c in pool]
-        counts = torch.tensor([len(m) for m in members], dtype=torch.int64)
+        # members of each pool class, ascending, padded with -1: [C, largest class]
+        pos = torch.searchsorted(present_t, torch.tensor(pool, dtype=torch.int64))
+        counts = present_counts[pos]
+        by_class = torch.argsort(self.labels, stable=True)  # grouped by class, ascending within one
+        starts = (torch.cumsum(present_counts, 0) - present_counts)[pos]
+        slot = torch.arange(int(counts.max()))
+        idx = (starts[:, None] + slot).clamp(max=max(len(by_class) - 1, 0))
+        members = torch.where(slot < counts[:, None], by_class[idx], -1)
         need = self.shots + self.queries
         smallest = int(counts.argmin())
         if int(counts[smallest]) < need:
@@ -264,10 +278,11 @@ class FewShotClassification:
                              f"but class {pool[smallest]} has only {int(counts[smallest])}; lower shots or queries, "
                              "or leave that class out with classes=")
         self.classes = tuple(pool)
-        self.in_features = int(features.shape[1])
+        self.input_shape = tuple(int(d) for d in features.shape[1:])
+        self.in_features = math.prod(self.input_shape)
         self.out_features = self.ways
         self._counts = counts
-        self._members = torch.nn.utils.rnn.pad_sequence(members, batch_first=True, padding_value=-1)  # [C, max]
+        self._members = members
 
     def sample_indices(self, batch_size, generator=None):
         """Draw episodes as indices into ``features``: ``(support [T, ways*shots], query [T, ways*queries],
@@ -296,8 +311,12 @@ class FewShotClassification:
         W = self.ways
         y_s = torch.arange(W).repeat_interleave(self.shots).expand(T, -1)
         y_q = torch.arange(W).repeat_interleave(self.queries).expand(T, -1)
-        return (_out(self.features[support.to(src)], dev, dtype), _out(y_s, dev),
-                _out(self.features[query.to(src)], dev, dtype), _out(y_q, dev))
+        return (self._x(support.to(src), dev, dtype), _out(y_s, dev),
+                self._x(query.to(src), dev, dtype), _out(y_q, dev))
+
+    def _x(self, index, device, dtype):
+        x = _out(self.features[index], device, dtype)
+        return x.div_(255) if self.features.dtype == torch.uint8 else x
 
     def split(self, n_train_classes, generator=None):
         """Split the class pool into two disjoint samplers ``(first, second)`` with the same ways/shots/queries.
@@ -319,7 +338,8 @@ class FewShotClassification:
         return make(first), make(second)
 
     def __repr__(self):
-        return (f"FewShotClassification(M={self.features.shape[0]}, F={self.in_features}, ways={self.ways}, "
+        shape = f"F={self.in_features}" if len(self.input_shape) == 1 else f"input_shape={self.input_shape}"
+        return (f"FewShotClassification(M={self.features.shape[0]}, {shape}, ways={self.ways}, "
                 f"shots={self.shots}, queries={self.queries}, classes={len(self.classes)})")
 
 
