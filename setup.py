@@ -152,8 +152,10 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "tqdm"],
     extras_require={
-        "test": ["pytest", "scikit-learn", "matplotlib"],
+        "test": ["pytest", "scikit-learn", "matplotlib", "pillow>=9.1", "svg.path>=4", "kanjivg"],
         "digits": ["scikit-learn"],
+        # metakern.tasks.omniglot (Pillow) and metakern.tasks.kanji (Pillow, svg.path, the KanjiVG strokes)
+        "data": ["pillow>=9.1", "svg.path>=4", "kanjivg"],
         "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["metakern=metakern.cli:main"]},

@@ -15,15 +15,18 @@ Samplers also carry ``in_features``, ``out_features`` and ``loss`` (``"mse"`` or
 * :class:`FewShotClassification` -- N-way K-shot episodes over a labelled tensor
   dataset, with disjoint class splits via ``classes=`` or :meth:`~FewShotClassification.split`.
 * :func:`digits` -- few-shot episodes over scikit-learn's digits (a small demo).
+* :func:`omniglot` -- few-shot episodes over Omniglot, read from the user's folder.
+* :func:`kanji` -- few-shot episodes over KanjiVG characters drawn by simulated writers.
 * :func:`make_task` -- build one of the above by name.
 """
 import math
 
 import torch
 
-from ._validate import check_int, check_range, check_real
+from . import datasets
+from ._validate import check_bool, check_int, check_range, check_real
 
-__all__ = ["Sinusoid", "LinearRegression", "FewShotClassification", "digits", "make_task"]
+__all__ = ["Sinusoid", "LinearRegression", "FewShotClassification", "digits", "omniglot", "kanji", "make_task"]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -196,15 +199,20 @@ def _class_ids(classes):
 class FewShotClassification:
     """N-way K-shot classification episodes over a labelled dataset.
 
-    ``features`` is a float tensor ``[M, F]`` and ``labels`` an integer tensor ``[M]``
-    (any class ids). Each task draws ``ways`` distinct classes from the pool
+    ``features`` is a tensor ``[M, F]``, or ``[M, *shape]`` for images (e.g.
+    ``[M, 1, H, W]``), and ``labels`` an integer tensor ``[M]`` (any class ids).
+    Features are floating point, or ``uint8`` images whose values ``0..255`` are
+    sampled as ``value / 255``, in ``[0, 1]`` (a quarter of the memory of float32).
+    Each task draws ``ways`` distinct classes from the pool
     (``classes``, default: every class in ``labels``), relabels them ``0..ways-1`` in
     a random order, and draws ``shots + queries`` distinct examples per class without
     replacement: the first ``shots`` go to the support set, the rest to the query
     set, so no example is in both. Sets are class-major (all examples of label 0,
-    then label 1, ...): x_support ``[T, ways*shots, F]``, y_support
-    ``[T, ways*shots]`` int64, and likewise ``ways*queries`` for the query set.
-    ``dtype`` applies to x; ``device=None`` keeps the device of ``features``.
+    then label 1, ...): x_support ``[T, ways*shots, F]`` (``[T, ways*shots, *shape]``
+    for images), y_support ``[T, ways*shots]`` int64, and likewise ``ways*queries``
+    for the query set. ``dtype`` applies to x; ``device=None`` keeps the device of
+    ``features``. ``input_shape`` is the shape of one example (``(F,)`` or ``shape``)
+    and ``in_features`` its number of values.
 
     Disjoint meta-train / meta-test classes: ``train, test = task.split(n)`` puts
     ``n`` classes in ``train`` and the rest in ``test``; or pass ``classes=`` yourself
@@ -227,10 +235,12 @@ class FewShotClassification:
         if not isinstance(features, torch.Tensor):
             raise TypeError(f"features must be a torch.Tensor [M, F], got {type(features).__name__}; "
                             "convert with torch.as_tensor(features, dtype=torch.float32)")
-        if not features.is_floating_point():
-            raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}; use features.float()")
-        if features.dim() != 2:
-            raise ValueError(f"features must be 2-D [M, F], got shape {tuple(features.shape)}; flatten with features.flatten(1)")
+        if not (features.is_floating_point() or features.dtype == torch.uint8):
+            raise TypeError(f"features must be a floating-point tensor (or uint8 images), got dtype {features.dtype}; "
+                            "use features.float()")
+        if features.dim() < 2 or 0 in features.shape[1:]:
+            raise ValueError(f"features must be [M, F] or [M, *shape] with no empty dimension, got shape "
+                             f"{tuple(features.shape)}; add a feature dimension with features[:, None]")
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"labels must be a torch.Tensor [M] of int64 class ids, got {type(labels).__name__}; "
                             "convert with torch.as_tensor(labels, dtype=torch.int64)")
@@ -244,7 +254,8 @@ class FewShotClassification:
         self.queries = check_int("queries", queries, 1)
         self.features = features
         self.labels = labels.detach().to("cpu", torch.int64)
-        present = torch.unique(self.labels).tolist()
+        present_t, present_counts = torch.unique(self.labels, return_counts=True)  # sorted
+        present = present_t.tolist()
         if classes is None:
             pool = present
         else:
@@ -255,8 +266,14 @@ class FewShotClassification:
         if self.ways > len(pool):
             raise ValueError(f"ways={self.ways} exceeds the {len(pool)} classes available; "
                              "lower ways or pass more classes")
-        members = [torch.nonzero(self.labels == c).flatten() for c in pool]
-        counts = torch.tensor([len(m) for m in members], dtype=torch.int64)
+        # members of each pool class, ascending, padded with -1: [C, largest class]
+        pos = torch.searchsorted(present_t, torch.tensor(pool, dtype=torch.int64))
+        counts = present_counts[pos]
+        by_class = torch.argsort(self.labels, stable=True)  # grouped by class, ascending within one
+        starts = (torch.cumsum(present_counts, 0) - present_counts)[pos]
+        slot = torch.arange(int(counts.max()))
+        idx = (starts[:, None] + slot).clamp(max=max(len(by_class) - 1, 0))
+        members = torch.where(slot < counts[:, None], by_class[idx], -1)
         need = self.shots + self.queries
         smallest = int(counts.argmin())
         if int(counts[smallest]) < need:
@@ -264,10 +281,11 @@ class FewShotClassification:
                              f"but class {pool[smallest]} has only {int(counts[smallest])}; lower shots or queries, "
                              "or leave that class out with classes=")
         self.classes = tuple(pool)
-        self.in_features = int(features.shape[1])
+        self.input_shape = tuple(int(d) for d in features.shape[1:])
+        self.in_features = math.prod(self.input_shape)
         self.out_features = self.ways
         self._counts = counts
-        self._members = torch.nn.utils.rnn.pad_sequence(members, batch_first=True, padding_value=-1)  # [C, max]
+        self._members = members
 
     def sample_indices(self, batch_size, generator=None):
         """Draw episodes as indices into ``features``: ``(support [T, ways*shots], query [T, ways*queries],
@@ -296,8 +314,12 @@ class FewShotClassification:
         W = self.ways
         y_s = torch.arange(W).repeat_interleave(self.shots).expand(T, -1)
         y_q = torch.arange(W).repeat_interleave(self.queries).expand(T, -1)
-        return (_out(self.features[support.to(src)], dev, dtype), _out(y_s, dev),
-                _out(self.features[query.to(src)], dev, dtype), _out(y_q, dev))
+        return (self._x(support.to(src), dev, dtype), _out(y_s, dev),
+                self._x(query.to(src), dev, dtype), _out(y_q, dev))
+
+    def _x(self, index, device, dtype):
+        x = _out(self.features[index], device, dtype)
+        return x.div_(255) if self.features.dtype == torch.uint8 else x
 
     def split(self, n_train_classes, generator=None):
         """Split the class pool into two disjoint samplers ``(first, second)`` with the same ways/shots/queries.
@@ -319,7 +341,8 @@ class FewShotClassification:
         return make(first), make(second)
 
     def __repr__(self):
-        return (f"FewShotClassification(M={self.features.shape[0]}, F={self.in_features}, ways={self.ways}, "
+        shape = f"F={self.in_features}" if len(self.input_shape) == 1 else f"input_shape={self.input_shape}"
+        return (f"FewShotClassification(M={self.features.shape[0]}, {shape}, ways={self.ways}, "
                 f"shots={self.shots}, queries={self.queries}, classes={len(self.classes)})")
 
 
@@ -354,12 +377,92 @@ def digits(ways=5, shots=1, queries=15, split="train"):
     return FewShotClassification(features, labels, ways, shots, queries, classes=_DIGITS_SPLITS[split])
 
 
-_TASKS = {"sine": Sinusoid, "linear": LinearRegression, "digits": digits}
+def _episode_args(ways, shots, queries, split):
+    """The sampler's arguments, checked before any data is loaded."""
+    check_int("ways", ways, 1), check_int("shots", shots, 1), check_int("queries", queries, 1)
+    return datasets._check_split(split)
+
+
+def omniglot(root, ways=5, shots=1, queries=15, split="train", image_size=28, rotations=True, cache_dir=None,
+             progress=True):
+    """Few-shot episodes over Omniglot (Lake et al., 2015) read from ``root``: images
+    ``[T, ways*shots, 1, image_size, image_size]``, float in ``[0, 1]`` with ink = 1.
+
+    ``root`` is laid out as the official archives unpack, ``<root>/<alphabet>/<character>/*.png``
+    (``images_background/``), or is a folder holding several such folders
+    (``images_background/`` and ``images_evaluation/``), which are merged. There is no
+    download: get ``images_background.zip`` and ``images_evaluation.zip`` from
+    github.com/brendenlake/omniglot (folder ``python/``) and unzip them. The decoded
+    images are cached (:func:`metakern.datasets.load_omniglot`), so later loads take seconds.
+
+    Classes are characters, split into disjoint ``split="train"|"val"|"test"`` sets by
+    :func:`metakern.datasets.split_classes`: with the full 1623 characters, the MAML
+    paper's 1200 training characters (1100 ``train`` and 100 ``val``, as its reference
+    code holds them out) and 423 ``test``; with fewer, the same proportions. Which
+    character goes where depends only on its ``alphabet/character`` name.
+
+    ``rotations=True`` makes the train split's classes each character at 0, 90, 180
+    and 270 degrees (4 x 1100 = 4400 classes), as in the MAML paper; class id
+    ``r * C + c`` is character ``c`` of the ``C`` loaded, rotated ``r`` quarter turns
+    counterclockwise. The val and test splits always use the characters upright (100
+    and 423 classes), so evaluation is on the characters as drawn.
+    """
+    split = _episode_args(ways, shots, queries, split)
+    rotations = check_bool("rotations", rotations)
+    data = datasets.load_omniglot(root, image_size=image_size, cache_dir=cache_dir, progress=progress)
+    if len(data.names) < 3:
+        raise ValueError(f"Omniglot root {root} holds {len(data.names)} character(s); the train / val / test "
+                         "splits need at least 3")
+    pool = datasets.split_classes(data.names, split)
+    images = data.images.unsqueeze(1)  # [M, 1, S, S], a view
+    if split != "train" or not rotations:
+        return FewShotClassification(images, data.labels, ways, shots, queries, classes=pool)
+    keep = torch.isin(data.labels, torch.tensor(pool))
+    base, labels, C = images[keep], data.labels[keep], len(data.names)
+    features = torch.cat([torch.rot90(base, r, dims=(-2, -1)) for r in range(4)])
+    labels = torch.cat([labels + r * C for r in range(4)])
+    return FewShotClassification(features, labels, ways, shots, queries)
+
+
+def kanji(ways=5, shots=1, queries=15, split="train", image_size=28, drawings=20, seed=0, characters=None,
+          limit=None, cache_dir=None, progress=True, workers=None):
+    """Few-shot episodes over KanjiVG characters drawn by simulated writers: images
+    ``[T, ways*shots, 1, image_size, image_size]``, float in ``[0, 1]`` with ink = 1.
+
+    Each character of KanjiVG's main files (6,703, mostly kanji, also kana, Latin
+    letters and digits; :func:`metakern.datasets.kanji_characters`) is a class,
+    drawn ``drawings`` times (20 by default, as Omniglot's 20 drawers) by writers with
+    their own line width and slant and per-drawing noise (stroke jitter, affine
+    distortion, a smooth warp), deterministic from ``seed``
+    (:func:`metakern.datasets.render_kanji`). The drawn set is cached: the full set is
+    drawn once (about 80 s of CPU time at 28 pixels, shared by ``workers`` processes).
+    ``characters`` / ``limit`` restrict it (e.g. ``limit=50`` for a quick test).
+
+    Classes are split into disjoint ``split="train"|"val"|"test"`` sets in the
+    proportions of the MAML paper's Omniglot split (1100 / 100 / 423 of 1623): for all
+    6,703 characters, 4543 / 413 / 1747. Which character goes where depends only on
+    the character, not on ``seed``. Needs ``pip install "metakern[data]"`` (Pillow,
+    svg.path, kanjivg).
+
+    KanjiVG is copyright (C) Ulrich Apel and licensed under Creative Commons
+    Attribution-Share Alike 3.0 (https://kanjivg.tagaini.net); the drawn images are
+    derived from it under the same licence.
+    """
+    split = _episode_args(ways, shots, queries, split)
+    data = datasets.render_kanji(image_size=image_size, drawings=drawings, seed=seed, characters=characters,
+                                 limit=limit, cache_dir=cache_dir, progress=progress, workers=workers)
+    pool = datasets.split_classes(data.names, split)
+    return FewShotClassification(data.images.unsqueeze(1), data.labels, ways, shots, queries, classes=pool)
+
+
+_TASKS = {"sine": Sinusoid, "linear": LinearRegression, "digits": digits, "omniglot": omniglot, "kanji": kanji}
 
 
 def make_task(name, **kw):
     """Build a sampler by name: ``"sine"`` -> :class:`Sinusoid`, ``"linear"`` ->
-    :class:`LinearRegression`, ``"digits"`` -> :func:`digits`; ``kw`` go to that constructor.
+    :class:`LinearRegression`, ``"digits"`` -> :func:`digits`, ``"omniglot"`` ->
+    :func:`omniglot` (``root=`` required), ``"kanji"`` -> :func:`kanji`; ``kw`` go to
+    that constructor.
 
     >>> make_task("sine", shots=5)
     Sinusoid(shots=5, queries=10, amplitude=(0.1, 5.0), phase=(0.0, 3.141592653589793), x_range=(-5.0, 5.0))
