@@ -9,7 +9,7 @@ import torch
 
 from metakern import benchmark as bm
 from metakern.backends import available
-from metakern.benchmark import measure, timing, workloads
+from metakern.benchmark import measure, results, timing, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--profile", "smoke", "--threads", "1"]
@@ -53,6 +53,8 @@ def test_smoke_csv_columns_and_rows(smoke):
     assert len({r["run_id"] for r in rows}) == 1
     for r in rows:
         assert r["device_type"] == "cpu" and r["torch"] == torch.__version__ and r["git_rev"]
+        # the single-thread sgemm rate, on every row; this run has one thread, so it is the peak itself
+        assert float(r["sgemm_1t_gflops"]) == float(r["peak_gflops"]) > 0
         assert r["status"] in ("ok", "skipped"), r  # no provider fails on these configs
         if r["status"] != "ok":
             continue
@@ -98,6 +100,13 @@ def test_flops_by_hand():
     assert bm.meta_flops((64, 5), 1, 5, False, 25, 75) == 3 * 5 * Fs + 3 * Fq + 9 * 5 * Fs == 1_104_000
     cfg = bm.Config(bm.WORKLOADS["sine"], 25, 1, False)
     assert cfg.flops == 12_600_000 and cfg.order == "second"
+    # MAML's Omniglot MLP 784-256-128-64-64-5, 5 support + 75 query points:
+    # S = 200704 + 32768 + 8192 + 4096 + 320 = 246080, Fs = 2*5*S, Fq = 2*75*S
+    w = bm.WORKLOADS["omniglot-mlp"]
+    assert (w.dims, w.n_support, w.n_query, w.loss, w.lr) == ((784, 256, 128, 64, 64, 5), 5, 75, "cross_entropy", 0.4)
+    Fs, Fq = 2 * 5 * 246_080, 2 * 75 * 246_080
+    assert bm.Config(w, 32, 1, False).flops == 32 * (12 * Fs + 3 * Fq) == 4_488_499_200
+    assert bm.Config(w, 32, 5, False).flops == 32 * (60 * Fs + 3 * Fq) == 8_268_288_000
 
 
 def test_cpu_peak_mb_counts_live_bytes():
@@ -168,7 +177,9 @@ def test_profiles_cover_the_brief():
     quick = bm.make_profile("quick", "cpu").expand().configs
     assert [(c.workload.name, c.T, c.K, c.order) for c in quick][:2] == [("sine", 25, 1, "second"),
                                                                         ("sine", 1024, 5, "second")]
-    assert len({c.workload.name for c in quick}) == 2
+    assert {c.workload.name for c in quick} == {"sine", "head", "omniglot-mlp"}
+    assert {(c.T, c.K, c.order) for c in quick if c.workload.name == "omniglot-mlp"} == {(32, 1, "second"),
+                                                                                        (32, 5, "second")}
     gpu = bm.make_profile("gpu", "cuda").expand().configs
     assert max(c.T for c in gpu) == 16384 and {c.K for c in gpu} == {1, 5}
     assert {c.workload.name for c in gpu} == set(bm.WORKLOADS)
@@ -188,6 +199,60 @@ def test_plot(smoke, tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- the CSV across versions
+
+
+def test_csv_of_an_older_version_gets_the_new_column(tmp_path, capsys):
+    """A CSV written before sgemm_1t_gflops existed is rewritten with the current header
+    (its rows kept, the new cells empty) and then appended to; a foreign header is refused."""
+    old_cols = [c for c in bm.COLUMNS if c not in results.ADDED_COLUMNS]
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    old_rows = [{c: f"{float(torch.rand((), generator=g)):.6g}" for c in old_cols} for _ in range(3)]
+    path = tmp_path / "old.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, old_cols)
+        w.writeheader()
+        w.writerows(old_rows)
+    sink = results.CsvSink(str(path))
+    assert "added the column(s) sgemm_1t_gflops" in capsys.readouterr().out
+    sink.write(dict(old_rows[0], sgemm_1t_gflops=91.5))
+    header, rows = _rows(path)
+    assert header == bm.COLUMNS and len(rows) == 4
+    for got, want in zip(rows, old_rows):
+        assert {c: got[c] for c in old_cols} == want and got["sgemm_1t_gflops"] == ""
+    assert rows[3]["sgemm_1t_gflops"] == "91.5"
+    results.CsvSink(str(path))  # the current header: nothing to do
+    assert capsys.readouterr().out == "" and _rows(path)[0] == bm.COLUMNS
+
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("date,something_else\n1,2\n")
+    with pytest.raises(SystemExit, match="other columns than this version writes"):
+        results.CsvSink(str(foreign))
+    assert foreign.read_text() == "date,something_else\n1,2\n"  # left as it was
+
+
+def test_measure_peak_one_thread_restores_the_thread_count():
+    before = torch.get_num_threads()
+    assert timing.measure_peak("cpu", 64, threads=1) > 0
+    assert torch.get_num_threads() == before
+
+
+def test_report_shows_the_single_thread_sgemm_share(smoke):
+    _, path, _ = smoke
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "report.py"), str(path)], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "one thread" in lines[0] and "% of 1-thread sgemm" in lines[2]
+    row = next(line for line in lines if line.startswith("| omniglot-mlp") and "| vmap |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    _, rows = _rows(path)
+    want = next(x for x in rows if x["workload"] == "omniglot-mlp" and x["provider"] == "vmap"
+                and x["quantity"] == "step")
+    assert float(cells[8]) == pytest.approx(100 * float(want["gflops"]) / float(want["sgemm_1t_gflops"]), abs=0.06)
 
 
 def test_plot_without_matplotlib(monkeypatch, tmp_path, capsys):

@@ -105,11 +105,15 @@ def run(name: str, prof: Profile, provs: List[Provider], quantities: Sequence[st
     ``deadline``); prints the table, writes rows; returns ``(rows, env)``."""
     device, env = prof.device, env_info(prof.device)
     prof.peak_gflops = measure_peak(device, prof.peak_n)
+    if device == "cpu":  # the single-thread sgemm rate: the same measurement when the run has one thread
+        one = torch.get_num_threads() == 1
+        prof.sgemm_1t_gflops = prof.peak_gflops if one else measure_peak(device, prof.peak_n, threads=1)
     run_id = _utc_now()
     print(f"# metakern bench  profile={name}  device={env['device']} ({device}, threads={env['threads']})  "
           f"torch {env['torch']}  triton {env['triton']}  python {env['python']}  metakern {env['metakern']} "
           f"({env['git_rev']})  run_id {run_id}")
-    print(f"# measured fp32 matmul peak: {prof.peak_gflops:.1f} GFLOP/s ({prof.peak_n}^3 torch.mm, TF32 off)")
+    print(f"# measured fp32 matmul peak: {prof.peak_gflops:.1f} GFLOP/s ({prof.peak_n}^3 torch.mm, TF32 off)"
+          + (f"; one thread: {prof.sgemm_1t_gflops:.1f} GFLOP/s" if prof.sgemm_1t_gflops else ""))
     print(f"# providers: {', '.join(p.name for p in provs)};  x_vmap = {BASELINE}'s median over the provider's;"
           f"  grad_err = meta-gradient relative to {BASELINE}'s")
     print(table_header(), flush=True)
@@ -129,7 +133,8 @@ def run(name: str, prof: Profile, provs: List[Provider], quantities: Sequence[st
                     row["speedup_vs_vmap"] = base[0] / row["median_ms"]
                 row.update(env, date=_utc_now(), run_id=run_id, profile=name, workload=w.name,
                            dims="-".join(map(str, w.dims)), loss=w.loss, T=cfg.T, K=cfg.K, order=cfg.order,
-                           n_support=w.n_support, n_query=w.n_query, flops=cfg.flops, peak_gflops=prof.peak_gflops)
+                           n_support=w.n_support, n_query=w.n_query, flops=cfg.flops, peak_gflops=prof.peak_gflops,
+                           sgemm_1t_gflops=prof.sgemm_1t_gflops or None)
                 rows.append(row)
                 sink.write(row)
                 print(table_line(row), flush=True)
