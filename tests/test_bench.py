@@ -9,7 +9,7 @@ import torch
 
 from metakern import benchmark as bm
 from metakern.backends import available
-from metakern.benchmark import measure, results, timing, workloads
+from metakern.benchmark import measure, plots, results, timing, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--profile", "smoke", "--threads", "1"]
@@ -186,7 +186,7 @@ def test_profiles_cover_the_brief():
     assert {c.order for c in gpu} == {"first", "second"}
 
 
-def test_plot(smoke, tmp_path):
+def test_plot_end_to_end(smoke, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'metakern[bench]')")
     png = tmp_path / "p.png"
     assert bm.main(SMOKE + ["--no-csv", "--workloads", "sine", "--providers", "vmap,mk", "--plot", str(png)]) == 0
@@ -199,6 +199,123 @@ def test_plot(smoke, tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- plots of a synthetic table
+
+
+def _synthetic_rows(seed, Ts=(8, 64), Ks=(1, 5), run_id="run-1"):
+    """A results table as the CSV gives it (strings), fresh random timings: workload
+    "sine" at every T with K=1 and at every K with T=Ts[0]; "head" at one config;
+    loop skipped above T=8; mk-torch's meta-gradient wrong on head. Returns
+    (rows, speedups) with speedups[(workload, T, K, provider)] = vmap / provider (step)."""
+    g = torch.Generator().manual_seed(seed)
+    configs = sorted({("sine", T, 1) for T in Ts} | {("sine", Ts[0], K) for K in Ks}) + [("head", 16, 5)]
+    rows, speedups = [], {}
+    for w, T, K in configs:
+        for q in ("op", "step"):
+            ms = {p: float(torch.empty(()).uniform_(0.5, 20.0, generator=g)) for p in ("vmap", "mk-cpp", "mk-torch")}
+            for p in ("vmap", "mk-cpp", "mk-torch", "loop"):
+                r = dict(run_id=run_id, workload=w, dims="1-40-40-1" if w == "sine" else "64-5", loss="mse",
+                         n_support="10", n_query="10", T=str(T), K=str(K), order="second", provider=p, quantity=q,
+                         status="ok", note="", median_ms="", p20_ms="", p80_ms="", peak_mem_mb="",
+                         speedup_vs_vmap="", grad_err="")
+                if p == "loop" and T > 8:
+                    r.update(status="skipped", note=f"T={T} > 8")
+                else:
+                    m = ms.get(p, 30.0)
+                    r.update(median_ms=f"{m:.6g}", p20_ms=f"{0.9 * m:.6g}", p80_ms=f"{1.1 * m:.6g}",
+                             peak_mem_mb=f"{(1.0 if p == 'mk-cpp' else K) * T * 0.01:.6g}",
+                             speedup_vs_vmap=f"{ms['vmap'] / m:.6g}")
+                    if q == "op" and p != "vmap":
+                        r["grad_err"] = "0.5" if (w, p) == ("head", "mk-torch") else "1e-07"
+                    if q == "step":
+                        speedups[w, T, K, p] = float(r["speedup_vs_vmap"])
+                rows.append(r)
+    return rows, speedups
+
+
+def _titles(fig):
+    return [ax.get_title() for ax in fig.axes if ax.get_visible()]
+
+
+def test_plot_sections_from_a_synthetic_table(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'metakern[bench]')")
+    rows, speedups = _synthetic_rows(seed=int(torch.randint(0, 2 ** 31, ())))
+    groups = plots.speedup_groups(rows)
+    # one group per config in workload order (sine first, as in the rows), then K, then T
+    assert [k for k, _ in groups] == [("sine", 8, 1, "second"), ("sine", 64, 1, "second"), ("sine", 8, 5, "second"),
+                                      ("head", 16, 5, "second")]
+    for (w, T, K, _), bars in groups:
+        assert [b.provider for b in bars] == ["mk-cpp", "mk-torch", "loop"]  # vmap is the 1x line, not a bar
+        for b in bars:
+            if b.provider == "loop" and T > 8:
+                assert (b.speedup, b.status) == (None, "skipped")
+            else:
+                assert b.status == "ok" and b.speedup == pytest.approx(speedups[w, T, K, b.provider], rel=1e-5)
+        wrong = {b.provider for b in bars if b.grad_err is not None and b.grad_err > plots.GRAD_ERR_FLAG}
+        assert wrong == ({"mk-torch"} if w == "head" else set())
+    # memory against K where a (workload, T) has two K; time against T where a (workload, K) has two T
+    mem, tim = plots.memory_panels(rows), plots.time_panels(rows)
+    assert set(mem) == {("sine", 8, "second")} and set(tim) == {("sine", 1, "second")}
+    assert [pt[0] for pt in mem["sine", 8, "second"]["vmap"]] == [1, 5]
+    assert [pt[0] for pt in tim["sine", 1, "second"]["mk-cpp"]] == [8, 64]
+    assert [pt[0] for pt in tim["sine", 1, "second"]["loop"]] == [8]  # skipped above T=8: no point there
+
+    fig = plots.make_figure(rows, title="synthetic")
+    assert _titles(fig) == ["", "sine T=8: peak memory", "sine K=1: time per step"]  # bars, memory, time
+    bar_ax = fig.axes[0]
+    assert bar_ax.get_ylabel() == "speedup over vmap, step"
+    assert [t.get_text().replace("\n", " ") for t in bar_ax.get_xticklabels()] == [
+        "sine T=8 K=1", "sine T=64 K=1", "sine T=8 K=5", "head T=16 K=5"]
+    labels = {t.get_text() for t in bar_ax.texts}
+    assert {plots._ratio(speedups["sine", 8, 1, "mk-cpp"]), "loop skipped"} <= labels  # ratios above the bars
+    assert any(t.startswith(plots._ratio(speedups["head", 16, 5, "mk-torch"]) + "\nerr 5e-01") for t in labels)
+    assert any(line.get_ydata()[0] == 1.0 for line in bar_ax.get_lines())  # the 1x line
+    png = tmp_path / "synthetic.png"
+    assert plots.plot_rows(rows, str(png), title="synthetic") == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_a_profile_with_a_single_T_has_no_time_panel(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'metakern[bench]')")
+    rows, _ = _synthetic_rows(seed=int(torch.randint(0, 2 ** 31, ())), Ts=(8,))
+    assert plots.time_panels(rows) == {}
+    assert set(plots.memory_panels(rows)) == {("sine", 8, "second")}
+    fig = plots.make_figure(rows)
+    assert not any("time per" in t for t in _titles(fig)) and "sine T=8: peak memory" in _titles(fig)
+    # one K as well: the bars alone
+    one = [r for r in rows if r["K"] == "1"]
+    assert plots.memory_panels(one) == {} and plots.time_panels(one) == {}
+    assert _titles(plots.make_figure(one)) == [""]
+    png = tmp_path / "one.png"
+    plots.plot_rows(one, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the op quantity on request; only ok rows of other workloads: a clear error
+    assert plots.make_figure(one, quantity="op").axes[0].get_ylabel() == "speedup over vmap, op"
+    with pytest.raises(ValueError, match="no successful rows"):
+        plots.make_figure(one, workloads=["mlp-ce"])
+
+
+def test_plot_takes_the_median_of_several_runs():
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'metakern[bench]')")
+    seed = int(torch.randint(0, 2 ** 31, ()))
+    runs = [_synthetic_rows(seed + i, Ts=(8,), Ks=(1,), run_id=f"run-{i}") for i in range(3)]
+    rows = [r for rs, _ in runs for r in rs]
+    (key, bars), _ = plots.speedup_groups(rows)
+    cpp = next(b for b in bars if b.provider == "mk-cpp")
+    vals = sorted(sp["sine", 8, 1, "mk-cpp"] for _, sp in runs)
+    assert key == ("sine", 8, 1, "second") and cpp.speedup == pytest.approx(vals[1], rel=1e-5)
+
+
+def test_provider_colors_are_fixed_and_pair_the_two_op_variant():
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'metakern[bench]')")
+    names = [p.name for p in bm.providers()] + ["some-new-provider"]
+    colors = {n: plots.provider_color(n) for n in names}
+    assert len({colors[n] for n in names if n in plots._TAB20}) == len([n for n in names if n in plots._TAB20])
+    assert plots.provider_color("some-new-provider") == colors["some-new-provider"]  # stable
+    # mk-cpp and mk-cpp-2op: the dark and light shade of one tab20 hue
+    assert plots._TAB20["mk-cpp-2op"] == plots._TAB20["mk-cpp"] + 1
 
 
 # ----------------------------------------------------------------------------- the CSV across versions

@@ -68,7 +68,8 @@ def build_parser(default_out: str = DEFAULT_OUT) -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, metavar="PATH", help=f"CSV to append rows to (default: DIR/{CSV_NAME})")
     p.add_argument("--no-csv", action="store_true", help="write no CSV")
     p.add_argument("--plot", nargs="?", const="", metavar="PNG",
-                   help=f"write a log-log plot of time against T (default path: DIR/{PNG_NAME}); needs matplotlib")
+                   help=f"write a plot (default path: DIR/{PNG_NAME}): speedup over vmap per config and provider, "
+                   "memory against K and time against T where the run has several; needs matplotlib")
     p.add_argument("--time-budget", type=float, default=0.0, metavar="S",
                    help="start no new config S seconds after the start (0: no limit)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU; default: torch's, fewer when the "
