@@ -25,10 +25,14 @@ def table(rows, quantity):
     if not rows:
         return ""
     r0 = rows[0]
-    one = float(r0["sgemm_1t_gflops"]) if r0.get("sgemm_1t_gflops") else 0.0  # CSVs before the column: none
+    peak = float(r0["peak_gflops"])
+    # the single-thread sgemm rate: absent from older CSVs; the peak itself in a one-thread run
+    one = float(r0["sgemm_1t_gflops"]) if r0.get("sgemm_1t_gflops") else 0.0
+    one_s = "" if not one else " (the single-thread sgemm rate)" if one == peak else f", one thread {one:.1f} GFLOP/s"
+    one = 0.0 if one == peak else one  # a column of its own only when it differs from "% of peak"
     head = (f"{r0['device']} ({r0['device_type']}, {r0['threads']} thread(s)), {r0['date'][:10]}, torch {r0['torch']}, "
             f"metakern {r0['metakern']} ({r0['git_rev']}); peak measured in the same run: "
-            f"{float(r0['peak_gflops']):.1f} GFLOP/s fp32" + (f", one thread {one:.1f} GFLOP/s" if one else ""))
+            f"{peak:.1f} GFLOP/s fp32{one_s}")
     out = [f"*{head}*", "",
            "| workload | T | K | order | provider | ms / iteration (p20-p80) | GFLOP/s | % of peak | "
            + ("% of 1-thread sgemm | " if one else "") + "peak MB | x vmap |",

@@ -356,17 +356,32 @@ def test_measure_peak_one_thread_restores_the_thread_count():
     assert torch.get_num_threads() == before
 
 
-def test_report_shows_the_single_thread_sgemm_share(smoke):
+def test_report_shows_the_single_thread_sgemm_share(smoke, tmp_path):
     _, path, _ = smoke
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "report.py"), str(path)], capture_output=True,
-                       text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+
+    def report(csv_path):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "report.py"), str(csv_path)],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
+
+    # a one-thread run: its peak is the single-thread rate, said once, no second column
+    lines = report(path)
+    assert "(the single-thread sgemm rate)" in lines[0] and "1-thread sgemm" not in lines[2]
+    # a run with more threads measured the single-thread rate apart: a column of its own
+    header, rows = _rows(path)
+    for r in rows:
+        r["sgemm_1t_gflops"] = f"{float(r['peak_gflops']) / 1.7:.6g}"
+    other = tmp_path / "threads.csv"
+    with open(other, "w", newline="") as f:
+        w = csv.DictWriter(f, header)
+        w.writeheader()
+        w.writerows(rows)
+    lines = report(other)
     assert "one thread" in lines[0] and "% of 1-thread sgemm" in lines[2]
     row = next(line for line in lines if line.startswith("| omniglot-mlp") and "| vmap |" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    _, rows = _rows(path)
     want = next(x for x in rows if x["workload"] == "omniglot-mlp" and x["provider"] == "vmap"
                 and x["quantity"] == "step")
     assert float(cells[8]) == pytest.approx(100 * float(want["gflops"]) / float(want["sgemm_1t_gflops"]), abs=0.06)
