@@ -4,9 +4,9 @@
     python bench/plot.py                                   # bench/results/bench.csv, latest run
     python bench/plot.py OUT/bench_gpu.csv -o OUT/bench_gpu.png --run all --device H100
 
-Draws median time per meta-iteration against T on log-log axes, one line per
-provider (``step`` solid, ``op`` dashed, p20-p80 shaded), one panel per (K, order).
-Needs matplotlib (``pip install matplotlib``).
+Draws the speedup over torch.func vmap of every provider on every config (bars),
+peak memory against K where a run measured several K, and time against T where it
+measured several T (metakern.benchmark.plots). Needs matplotlib (``pip install matplotlib``).
 """
 import argparse
 import csv
@@ -21,7 +21,9 @@ def main(argv=None):
     p.add_argument("csv", nargs="?", default=os.path.join("bench", "results", "bench.csv"))
     p.add_argument("-o", "--out", help="PNG to write (default: the CSV's name with .png)")
     p.add_argument("--run", default="latest", help="'latest' (default), 'all', or a run_id from the CSV")
-    p.add_argument("--workload", default="sine", help="workload to plot (default sine)")
+    p.add_argument("--workloads", help="comma list of workloads to plot (default: all in the rows)")
+    p.add_argument("--quantity", default="step", choices=("step", "op"),
+                   help="step (whole meta-iteration, the default) or op (meta-gradient only)")
     p.add_argument("--device", help="keep rows whose device name contains this text")
     args = p.parse_args(argv)
 
@@ -43,7 +45,8 @@ def main(argv=None):
     out = args.out or os.path.splitext(args.csv)[0] + ".png"
     title = run_title(rows[0], None if args.run != "all" else "all runs")
     try:
-        print(plot_rows(rows, out, workload=args.workload, title=title))
+        wanted = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else None
+        print(plot_rows(rows, out, workloads=wanted, title=title, quantity=args.quantity))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

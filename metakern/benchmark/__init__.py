@@ -12,7 +12,7 @@ run prints the path); ``bench/run.py`` writes to the checkout's ``bench/results/
 One module per concern, each importing only modules listed after it:
 
 * :mod:`.cli`: the flags, the run (the table to stdout, the rows to the CSV), :func:`main`;
-* :mod:`.plots`: log-log time against ``T``;
+* :mod:`.plots`: the speedup over vmap (bars), memory against ``K``, time against ``T``;
 * :mod:`.results`: the run's environment, the CSV (:data:`COLUMNS`), the table;
 * :mod:`.measure`: every provider on one (config, quantity): build, first call,
   ``grad_err``, peak memory, timing;

@@ -68,7 +68,8 @@ def build_parser(default_out: str = DEFAULT_OUT) -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, metavar="PATH", help=f"CSV to append rows to (default: DIR/{CSV_NAME})")
     p.add_argument("--no-csv", action="store_true", help="write no CSV")
     p.add_argument("--plot", nargs="?", const="", metavar="PNG",
-                   help=f"write a log-log plot of time against T (default path: DIR/{PNG_NAME}); needs matplotlib")
+                   help=f"write a plot (default path: DIR/{PNG_NAME}): speedup over vmap per config and provider, "
+                   "memory against K and time against T where the run has several; needs matplotlib")
     p.add_argument("--time-budget", type=float, default=0.0, metavar="S",
                    help="start no new config S seconds after the start (0: no limit)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU; default: torch's, fewer when the "
@@ -105,11 +106,15 @@ def run(name: str, prof: Profile, provs: List[Provider], quantities: Sequence[st
     ``deadline``); prints the table, writes rows; returns ``(rows, env)``."""
     device, env = prof.device, env_info(prof.device)
     prof.peak_gflops = measure_peak(device, prof.peak_n)
+    if device == "cpu":  # the single-thread sgemm rate: the same measurement when the run has one thread
+        one = torch.get_num_threads() == 1
+        prof.sgemm_1t_gflops = prof.peak_gflops if one else measure_peak(device, prof.peak_n, threads=1)
     run_id = _utc_now()
     print(f"# metakern bench  profile={name}  device={env['device']} ({device}, threads={env['threads']})  "
           f"torch {env['torch']}  triton {env['triton']}  python {env['python']}  metakern {env['metakern']} "
           f"({env['git_rev']})  run_id {run_id}")
-    print(f"# measured fp32 matmul peak: {prof.peak_gflops:.1f} GFLOP/s ({prof.peak_n}^3 torch.mm, TF32 off)")
+    print(f"# measured fp32 matmul peak: {prof.peak_gflops:.1f} GFLOP/s ({prof.peak_n}^3 torch.mm, TF32 off)"
+          + (f"; one thread: {prof.sgemm_1t_gflops:.1f} GFLOP/s" if prof.sgemm_1t_gflops else ""))
     print(f"# providers: {', '.join(p.name for p in provs)};  x_vmap = {BASELINE}'s median over the provider's;"
           f"  grad_err = meta-gradient relative to {BASELINE}'s")
     print(table_header(), flush=True)
@@ -129,7 +134,8 @@ def run(name: str, prof: Profile, provs: List[Provider], quantities: Sequence[st
                     row["speedup_vs_vmap"] = base[0] / row["median_ms"]
                 row.update(env, date=_utc_now(), run_id=run_id, profile=name, workload=w.name,
                            dims="-".join(map(str, w.dims)), loss=w.loss, T=cfg.T, K=cfg.K, order=cfg.order,
-                           n_support=w.n_support, n_query=w.n_query, flops=cfg.flops, peak_gflops=prof.peak_gflops)
+                           n_support=w.n_support, n_query=w.n_query, flops=cfg.flops, peak_gflops=prof.peak_gflops,
+                           sgemm_1t_gflops=prof.sgemm_1t_gflops or None)
                 rows.append(row)
                 sink.write(row)
                 print(table_line(row), flush=True)

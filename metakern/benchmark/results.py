@@ -23,8 +23,13 @@ COLUMNS = [
     "date", "run_id", "device", "device_type", "threads", "torch", "triton", "python", "metakern", "git_rev",
     "profile", "workload", "dims", "loss", "T", "K", "order", "n_support", "n_query", "provider", "quantity",
     "status", "median_ms", "p20_ms", "p80_ms", "samples", "timer", "tasks_per_s", "flops", "gflops",
-    "peak_gflops", "peak_fraction", "peak_mem_mb", "speedup_vs_vmap", "grad_err", "note",
+    "peak_gflops", "peak_fraction", "peak_mem_mb", "speedup_vs_vmap", "grad_err", "note", "sgemm_1t_gflops",
 ]
+# Columns added after the first CSVs were written; a CSV without them is upgraded in
+# place when a run appends to it (:class:`CsvSink`), its old rows left empty there.
+# ``sgemm_1t_gflops``: the CPU's fp32 torch.mm rate with one thread, measured in the
+# same run (empty on CUDA).
+ADDED_COLUMNS = ("sgemm_1t_gflops",)
 
 
 def cpu_name() -> str:
@@ -67,7 +72,11 @@ def _utc_now() -> str:
 
 
 class CsvSink:
-    """Appends rows (flushed one by one, so a killed run keeps what it measured)."""
+    """Appends rows (flushed one by one, so a killed run keeps what it measured).
+
+    A CSV written by an older version, whose header lacks only some of
+    :data:`ADDED_COLUMNS`, is first rewritten with the current header (its rows
+    unchanged, the new cells empty); a CSV with any other header is refused."""
 
     def __init__(self, path: Optional[str]):
         self.path = path
@@ -79,7 +88,7 @@ class CsvSink:
                 with open(path, newline="") as f:
                     header = next(csv.reader(f), [])
                 if header != COLUMNS:
-                    raise SystemExit(f"{path} has other columns than this version writes; pass another --csv path")
+                    _upgrade(path, header)
             else:
                 with open(path, "w", newline="") as f:
                     csv.writer(f).writerow(COLUMNS)
@@ -91,6 +100,23 @@ class CsvSink:
         if self.path:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, COLUMNS).writerow({k: _cell(row.get(k)) for k in COLUMNS})
+
+
+def _upgrade(path: str, header: list):
+    """Rewrite an older CSV with :data:`COLUMNS` (atomically), or refuse a foreign one."""
+    missing = [c for c in COLUMNS if c not in header]
+    older = len(set(header)) == len(header) and set(header) <= set(COLUMNS) and set(missing) <= set(ADDED_COLUMNS)
+    if not older:
+        raise SystemExit(f"{path} has other columns than this version writes; pass another --csv path")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        w.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+    os.replace(tmp, path)
+    print(f"# {path}: added the column(s) {', '.join(missing)} (empty in its {len(rows)} earlier rows)")
 
 
 def _cell(v):
@@ -105,7 +131,7 @@ def _num(v, fmt="{:.3g}"):
     return "" if v is None or v == "" else fmt.format(float(v))
 
 
-_TABLE = [("workload", 8), ("T", 6), ("K", 2), ("order", 6), ("provider", 11), ("qty", 4), ("median_ms", 10),
+_TABLE = [("workload", 12), ("T", 6), ("K", 2), ("order", 6), ("provider", 11), ("qty", 4), ("median_ms", 10),
           ("p20-p80_ms", 17), ("tasks/s", 9), ("GFLOP/s", 8), ("%peak", 6), ("mem_MB", 7), ("x_vmap", 7),
           ("grad_err", 8)]
 

@@ -8,7 +8,8 @@ slows them all alike instead of one of them (:func:`time_interleaved`); on CUDA
 quantiles, or CUDA events when Triton is missing (:func:`time_fn`). On a CPU whose
 cores other processes already keep busy, the run uses fewer torch threads
 (:func:`auto_threads`; the ``threads`` column says how many). The device's fp32 matmul
-rate is measured once per run (:func:`measure_peak`).
+rate is measured once per run (:func:`measure_peak`), on the CPU also with one thread
+(the single-thread sgemm rate).
 
 Peak memory (``peak_mem_mb``) on CUDA is ``torch.cuda.max_memory_allocated`` over
 building and one call; on CPU it is the peak of the bytes allocated through PyTorch's
@@ -175,26 +176,37 @@ def _cuda_graph(fn: Callable, static: Sequence[Tensor]) -> Callable:
     return replay
 
 
-def measure_peak(device: str, n: int) -> float:
-    """The device's fp32 matmul rate in GFLOP/s: best of a few ``n x n`` ``torch.mm`` (TF32 off)."""
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    torch.mm(a, b)
-    _sync(device)
-    best = math.inf
-    for _ in range(5 if device == "cpu" else 20):
-        if device == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            torch.mm(a, b)
-            e.record()
-            torch.cuda.synchronize()
-            dt = s.elapsed_time(e) / 1e3
-        else:
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            dt = time.perf_counter() - t0
-        best = min(best, dt)
-    return 2 * n ** 3 / best / 1e9
+def measure_peak(device: str, n: int, threads: Optional[int] = None) -> float:
+    """The device's fp32 matmul rate in GFLOP/s: best of several ``n x n`` ``torch.mm`` (TF32 off).
+
+    On the CPU it takes the best of at least 5 calls and about 0.3 s of them, so that a
+    short slow spell of a shared machine does not set the rate; ``threads`` runs them
+    with that many torch threads (and restores the count), e.g. 1 for the
+    single-thread sgemm rate."""
+    old = torch.get_num_threads()
+    if threads is not None and device == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        a, b = (torch.randn(n, n, device=device) for _ in range(2))
+        torch.mm(a, b)
+        _sync(device)
+        best, calls, start = math.inf, 0, time.perf_counter()
+        while calls < (5 if device == "cpu" else 20) or (device == "cpu" and time.perf_counter() - start < 0.3):
+            if device == "cuda":
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                torch.mm(a, b)
+                e.record()
+                torch.cuda.synchronize()
+                dt = s.elapsed_time(e) / 1e3
+            else:
+                t0 = time.perf_counter()
+                torch.mm(a, b)
+                dt = time.perf_counter() - t0
+            best, calls = min(best, dt), calls + 1
+        return 2 * n ** 3 / best / 1e9
+    finally:
+        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager
