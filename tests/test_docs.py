@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import metakern.distributed
 import metakern.functional
 import metakern.learners
 import metakern.nn
@@ -13,7 +14,7 @@ import metakern.nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module", [metakern.functional, metakern.learners, metakern.nn])
+@pytest.mark.parametrize("module", [metakern.distributed, metakern.functional, metakern.learners, metakern.nn])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
