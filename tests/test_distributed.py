@@ -290,3 +290,21 @@ def test_resume_in_one_process_is_exact(tmp_path):
     for k in sa["state_dict"]:
         assert torch.equal(sa["state_dict"][k], sb["state_dict"][k]), k
     assert torch.equal(sa["generator"], sb["generator"])
+
+
+# ----------------------------------------------------------------------------- the scaling benchmark
+
+def test_scaling_benchmark_runs(tmp_path):
+    import csv
+
+    from metakern.benchmark import scaling
+
+    out = tmp_path / "scaling.csv"
+    assert scaling.main(["--workloads", "sine", "--T", "4", "--K", "1", "--rounds", "1", "--steps", "2",
+                         "--min-time", "0", "--warmup", "1", "--csv", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == scaling.COLUMNS
+    assert [r["processes"] for r in rows] == ["1", "2"] and all(r["note"] == "" for r in rows)
+    assert rows[1]["dist_backend"] == "gloo" and float(rows[1]["allreduce_ms"]) > 0
+    assert float(rows[1]["allreduce_kb"]) == 4 * sum(a * b + b for a, b in [(1, 40), (40, 40), (40, 1)]) / 1e3
