@@ -17,7 +17,10 @@ row takes, per step, the smallest rank's time (the rank that arrived last waited
 nobody: the exchange itself) and reports the spread over ranks as
 ``allreduce_wait_ms`` (load imbalance). DDP also broadcasts the learner's buffers (a
 fixed inner rate is one) at each forward; that time is in the step only.
-``load_avg`` is the machine's 1-minute load average before each measurement.
+``cpu_ms`` is rank 0's process CPU time per step (all its threads, gloo's included):
+on a machine whose cores other jobs share, the wall time of several processes says
+little, while the CPU time of one still shows how the work divides. ``load_avg`` is
+the machine's 1-minute load average before each measurement.
 
 Every configuration runs in fresh processes (started with ``torch.multiprocessing``,
 spawn), each with ``--threads`` torch threads, in ``--rounds`` rounds that alternate
@@ -47,8 +50,8 @@ from .workloads import WORKLOADS, make_data, make_model, meta_flops
 
 COLUMNS = ["date", "run_id", "machine", "device", "torch", "metakern", "git_rev", "workload", "dims", "loss", "T",
            "K", "order", "backend", "dist_backend", "processes", "threads_per_process", "round", "steps",
-           "median_ms", "p20_ms", "p80_ms", "tasks_per_s", "gflops", "allreduce_ms", "allreduce_wait_ms", "allreduce_kb",
-           "load_avg", "note"]
+           "median_ms", "p20_ms", "p80_ms", "cpu_ms", "tasks_per_s", "gflops", "allreduce_ms", "allreduce_wait_ms",
+           "allreduce_kb", "load_avg", "note"]
 
 DEFAULT_CSV = os.path.join("bench", "results", "distributed.csv")
 
@@ -107,14 +110,15 @@ def _worker(rank: int, size: int, port: int, cfg: dict, out: str):
     sync()
     if world.distributed:
         world.mean(0.0)  # start the timed steps together
-    samples, per_step_comm = [], []
+    samples, cpu, per_step_comm = [], [], []
     end = time.perf_counter() + cfg["min_s"]
     while len(samples) < cfg["steps"] or time.perf_counter() < end:
         comm.clear()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         step()
         sync()
         samples.append(1e3 * (time.perf_counter() - t0))
+        cpu.append(1e3 * (time.process_time() - c0))
         per_step_comm.append(1e3 * sum(comm))
         if world.distributed:  # every rank runs as many steps as rank 0
             if world.broadcast(len(samples) >= cfg["steps"] and time.perf_counter() >= end):
@@ -124,7 +128,8 @@ def _worker(rank: int, size: int, port: int, cfg: dict, out: str):
         per_step_comm = [min(c) for c in zip(*comm_all)]
         wait = [max(c) - min(c) for c in zip(*comm_all)]
         kb = sum(p.numel() * p.element_size() for p in learner.parameters()) / 1e3
-        torch.save({"samples": samples, "comm": per_step_comm, "kb": kb if world.distributed else 0.0, "wait": wait,
+        torch.save({"samples": samples, "cpu": cpu, "comm": per_step_comm, "wait": wait,
+                    "kb": kb if world.distributed else 0.0,
                     "dist_backend": world.backend or ""}, out)
     world.close()
 
@@ -199,7 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.device == "cuda" and torch.cuda.device_count() < max(nprocs):
         raise SystemExit(f"--nproc {max(nprocs)} needs as many GPUs; this machine has {torch.cuda.device_count()}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    machine = args.machine or (f"{args.device}-{cores}core" if args.device == "cpu" else f"gpu-{torch.cuda.device_count()}")
+    machine = args.machine or (f"cpu-{cores}core" if args.device == "cpu" else f"gpu-{torch.cuda.device_count()}")
     now = _dt.datetime.now(_dt.timezone.utc)
     common = dict(date=now.date().isoformat(), run_id=now.isoformat(timespec="seconds"), machine=machine,
                   device=cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(), torch=torch.__version__,
@@ -212,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(args.csv, "w", newline="") as f:
                 csv.writer(f).writerow(COLUMNS)
     print(f"{'workload':8s} {'T':>5s} {'K':>2s} {'procs':>5s} {'round':>5s} {'median_ms':>10s} {'p20-p80_ms':>15s} "
-          f"{'tasks/s':>9s} {'allreduce_ms':>12s} {'wait_ms':>8s}")
+          f"{'cpu_ms':>8s} {'tasks/s':>9s} {'allreduce_ms':>12s} {'wait_ms':>8s}")
     for name in names:
         w = WORKLOADS[name]
         flops = meta_flops(w.dims, args.T, args.K, args.order == "first", w.n_support, w.n_query)
@@ -222,19 +227,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         for rnd in range(args.rounds):
             order = nprocs if rnd % 2 == 0 else nprocs[::-1]
             for n in order:
-                row = dict(common, load_avg=_load(), workload=name, dims="-".join(map(str, w.dims)), loss=w.loss, processes=n,
+                row = dict(common, load_avg=_load(), workload=name, dims="-".join(map(str, w.dims)), loss=w.loss,
+                           processes=n,
                            round=rnd)
                 try:
                     res = measure(cfg, n, deadline_s=600)
                     med, p20, p80 = _quantiles(res["samples"])
                     comm = res["comm"]
                     row.update(dist_backend=res["dist_backend"], steps=len(res["samples"]), median_ms=med, p20_ms=p20,
-                               p80_ms=p80, tasks_per_s=1e3 * args.T / med, gflops=flops / med / 1e6,
+                               p80_ms=p80, cpu_ms=_quantiles(res["cpu"])[0], tasks_per_s=1e3 * args.T / med,
+                               gflops=flops / med / 1e6,
                                allreduce_ms=_quantiles(comm)[0] if n > 1 else 0.0,
                                allreduce_wait_ms=_quantiles(res["wait"])[0] if n > 1 else 0.0,
                                allreduce_kb=res["kb"], note="")
                     print(f"{name:8s} {args.T:5d} {args.K:2d} {n:5d} {rnd:5d} {med:10.4g} {p20:7.4g}-{p80:<7.4g} "
-                          f"{row['tasks_per_s']:9.4g} {row['allreduce_ms']:12.3g} {row['allreduce_wait_ms']:8.3g}", flush=True)
+                          f"{row['cpu_ms']:8.4g} {row['tasks_per_s']:9.4g} {row['allreduce_ms']:12.3g} "
+                          f"{row['allreduce_wait_ms']:8.3g}", flush=True)
                 except RuntimeError as e:
                     row.update(note=f"failed: {e}")
                     print(f"{name:8s} {args.T:5d} {args.K:2d} {n:5d} {rnd:5d} failed: {e}", flush=True)
