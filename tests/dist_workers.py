@@ -46,8 +46,8 @@ def batch_generator(case: str) -> torch.Generator:
 
 
 def run_case(case: str, world: distributed.World):
-    """``(gradient of the first meta-step, parameters after ADAM_STEPS Adam steps)``, both
-    flattened, for ``world`` (one process: ``distributed.World()``)."""
+    """``(gradient of the first meta-step, parameters after ADAM_STEPS Adam steps, the loss
+    history)``, for ``world`` (one process: ``distributed.World()``)."""
     learner = make_learner(case)
     objective = world.wrap(learner)
     batch = TASK.sample(T_TASKS, batch_generator(case), dtype=DTYPE)
@@ -55,9 +55,9 @@ def run_case(case: str, world: distributed.World):
     grad = torch.cat([p.grad.reshape(-1) for p in learner.parameters()])
     del objective
     learner = make_learner(case)
-    train.meta_train(learner, TASK, iterations=ADAM_STEPS, meta_batch=T_TASKS, generator=batch_generator(case),
-                     progress=False, dtype=DTYPE, world=world)
-    return grad, torch.cat([p.detach().reshape(-1) for p in learner.parameters()])
+    history = train.meta_train(learner, TASK, iterations=ADAM_STEPS, meta_batch=T_TASKS, log_every=2,
+                               generator=batch_generator(case), progress=False, dtype=DTYPE, world=world)
+    return grad, torch.cat([p.detach().reshape(-1) for p in learner.parameters()]), torch.tensor(history)
 
 
 def _join(rank: int, size: int, port: int, timeout_s: float) -> distributed.World:

@@ -73,11 +73,13 @@ RTOL64 = 1e-12
 
 @pytest.mark.parametrize("case", W.CASES)
 def test_two_processes_equal_one(two_process_results, case):
-    one_grad, one_params = W.run_case(case, distributed.World())
+    one_grad, one_params, one_history = W.run_case(case, distributed.World())
     for rank, results in enumerate(two_process_results):
-        grad, params = results[case]
+        grad, params, history = results[case]
         assert_close(grad, one_grad, RTOL64, f"{case}: meta-gradient of one step, rank {rank}")
         assert_close(params, one_params, RTOL64, f"{case}: parameters after {W.ADAM_STEPS} Adam steps, rank {rank}")
+        if case != "reptile":  # the logged loss is the mean over ranks: the global one (Reptile: its gradient only)
+            assert_close(history, one_history, RTOL64, f"{case}: loss history, rank {rank}")
     # the meta-step moved the parameters: the comparison is not of untouched copies
     start = torch.cat([p.detach().reshape(-1) for p in W.make_learner(case).parameters()])
     assert (one_params - start).abs().max() > 1e-4
