@@ -408,3 +408,88 @@ def packed_forward_call(theta: Tensor, x, dims, backend: str) -> Tuple[Tensor, s
     if x.dim() != 3 or x.shape[-1] != dims[0] or x.dtype != theta.dtype:
         raise ValueError(f"x must be [T, N, {dims[0]}] of dtype {theta.dtype}, got {tuple(x.shape)} {x.dtype}")
     return x.contiguous(), select_backend(backend, x, dims, x.shape[1])
+
+
+# -------------------------------------------------------------- across processes
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_LAUNCH_HINT = ("launch every process with torchrun (e.g. `torchrun --nproc_per_node 2 -m metakern train ...`), "
+                "which sets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT, or unset "
+                "them all to run in one process")
+
+
+def _env_int(env, name: str, minimum: int) -> int:
+    raw = env[name]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer; {_LAUNCH_HINT}") from None
+    if value < minimum:
+        raise ValueError(f"environment variable {name}={value} must be >= {minimum}; {_LAUNCH_HINT}")
+    return value
+
+
+def check_launch_env(env) -> "dict | None":
+    """The process's place in a launch, from torchrun's variables in ``env``.
+
+    ``None`` when neither ``RANK`` nor ``WORLD_SIZE`` is set (one process); otherwise
+    ``{"rank", "size", "local_rank", "local_size"}``. An incomplete or inconsistent
+    environment (``WORLD_SIZE`` without ``RANK``, a rank outside the world, no
+    ``MASTER_ADDR``) is a ``ValueError`` naming the variable.
+    """
+    if "RANK" not in env and "WORLD_SIZE" not in env:
+        return None
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        if not env.get(name):
+            present = ", ".join(f"{n}={env[n]}" for n in LAUNCH_VARS if env.get(n))
+            raise ValueError(f"environment variable {name} is not set (set: {present}); {_LAUNCH_HINT}")
+    size, rank = _env_int(env, "WORLD_SIZE", 1), _env_int(env, "RANK", 0)
+    if rank >= size:
+        raise ValueError(f"environment variable RANK={rank} must be < WORLD_SIZE={size}; {_LAUNCH_HINT}")
+    port = _env_int(env, "MASTER_PORT", 1)
+    if port > 65535:
+        raise ValueError(f"environment variable MASTER_PORT={port} is not a TCP port (1-65535)")
+    local_rank = _env_int(env, "LOCAL_RANK", 0) if env.get("LOCAL_RANK") else rank
+    local_size = _env_int(env, "LOCAL_WORLD_SIZE", 1) if env.get("LOCAL_WORLD_SIZE") else size
+    if local_rank >= local_size:
+        raise ValueError(f"environment variable LOCAL_RANK={local_rank} must be < LOCAL_WORLD_SIZE={local_size}; "
+                         f"{_LAUNCH_HINT}")
+    return dict(rank=rank, size=size, local_rank=local_rank, local_size=local_size)
+
+
+def check_shard(tasks: int, size: int, *, allow_empty: bool = False):
+    """A batch of ``tasks`` tasks can be split over ``size`` processes (each gets at least
+    one task unless ``allow_empty``)."""
+    tasks = check_int("the number of tasks", tasks, 0 if allow_empty else 1)
+    if not allow_empty and tasks < size:
+        raise ValueError(f"a global batch of {tasks} task(s) cannot be split over {size} processes: each process "
+                         f"needs at least one task; use a meta-batch of at least {size} tasks, or fewer processes")
+    return tasks
+
+
+def check_task_batch(tensors, names):
+    """Tensors of one task batch (``None`` allowed): each ``[T, ...]`` with the same ``T``.
+    Returns ``T``."""
+    T = None
+    for t, name in zip(tensors, names):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a tensor [T, ...] or None, got {type(t).__name__}")
+        if t.dim() == 0:
+            raise ValueError(f"{name} must have a leading task dimension [T, ...], got a 0-dim tensor")
+        if T is None:
+            T, first = t.shape[0], name
+        elif t.shape[0] != T:
+            raise ValueError(f"{name} has {t.shape[0]} tasks but {first} has {T}: every tensor of a task batch "
+                             "starts with the same T")
+    if T is None:
+        raise TypeError(f"{names[0]} must be a tensor [T, ...], got None")
+    return T
+
+
+def check_timeout(name: str, value) -> float:
+    """A timeout in seconds: a finite number > 0."""
+    value = check_real(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {value}")
+    return value

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import math
+import os
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from ._validate import check_int
+from .distributed import World
 from .learners import ANIL, MAML, MetaSGD, Reptile
 from .nn import MLP, Conv4, activation_module
 
@@ -100,57 +103,131 @@ def _whole_model_learner(algo, model, inner_lr, steps, loss, backend):
     return MAML(model, lr=inner_lr, steps=steps, first_order=(algo == "fomaml"), loss=loss, backend=backend)
 
 
-def meta_step(learner: nn.Module, opt: torch.optim.Optimizer, batch) -> float:
+def meta_step(learner: nn.Module, opt: torch.optim.Optimizer, batch, objective=None) -> float:
     """One meta-iteration: adapt every task, meta-loss, meta-gradient, optimizer step.
 
-    Returns the value of ``learner.meta_loss`` (what it is: ``learner.objective``)."""
+    ``objective`` computes the loss from the batch (default ``learner.meta_loss``;
+    across processes the DDP-wrapped :class:`metakern.distributed.MetaObjective`, whose
+    value is this rank's share). Returns the loss value (what it is:
+    ``learner.objective``)."""
     xs, ys, xq, yq = batch
     opt.zero_grad(set_to_none=True)
-    out = learner.meta_loss(xs, ys, xq, yq)
+    out = (objective or learner.meta_loss)(xs, ys, xq, yq)
     out.backward()
     opt.step()
     return out.item()
 
 
+def make_optimizer(learner: nn.Module, meta_lr: float = 1e-3) -> torch.optim.Optimizer:
+    """The meta-optimizer of :func:`meta_train`: Adam, fused where torch has a fused kernel."""
+    try:  # one fused kernel over all parameters (CPU and CUDA); the per-tensor loop elsewhere
+        return torch.optim.Adam(learner.parameters(), lr=meta_lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(learner.parameters(), lr=meta_lr)
+
+
 def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr: float = 1e-3,
                generator: Optional[torch.Generator] = None, progress: bool = True, device=None, dtype=torch.float32,
-               log_every: int = 100, timings: Optional[dict] = None):
+               log_every: int = 100, timings: Optional[dict] = None, optimizer: Optional[torch.optim.Optimizer] = None,
+               start: int = 0, checkpoint_every: int = 0, on_checkpoint: Optional[Callable] = None,
+               world: Optional[World] = None):
     """Meta-train ``learner`` with Adam on batches of ``meta_batch`` tasks; returns the loss history.
 
     ``timings``, when given, receives ``"first_s"`` (the first iteration: start-up,
-    kernel and allocator warm-up) and ``"rest_s"`` (the other ``iterations - 1``: the
-    steady state), in seconds of wall time.
+    kernel and allocator warm-up) and ``"rest_s"`` (the other iterations: the steady
+    state), in seconds of wall time.
+
+    Resuming: ``optimizer`` replaces the default one (:func:`make_optimizer`; pass the
+    one whose state :func:`load_checkpoint` restored) and ``start`` is the number of
+    iterations already done; the loop runs iterations ``start+1 .. iterations``.
+    ``on_checkpoint(iteration, optimizer)`` is called after every ``checkpoint_every``-th
+    iteration (on rank 0 only).
+
+    ``world`` (a :class:`metakern.distributed.World`) trains across its processes:
+    every rank draws the global batch of ``meta_batch`` tasks from ``generator`` (which
+    must be seeded the same on every rank) and the DDP-wrapped objective takes its
+    shard, so the parameters follow the one-process run up to rounding. The history
+    and the progress bar show the mean over ranks; only rank 0 shows progress.
     """
-    try:  # one fused kernel over all parameters (CPU and CUDA); the per-tensor loop elsewhere
-        opt = torch.optim.Adam(learner.parameters(), lr=meta_lr, fused=True)
-    except (RuntimeError, ValueError):
-        opt = torch.optim.Adam(learner.parameters(), lr=meta_lr)
+    world = world or World()
+    check_int("iterations", iterations, 0)
+    start = check_int("start", start, 0)
+    if start > iterations:
+        raise ValueError(f"start ({start} iterations done) must be <= iterations ({iterations}); ask for more "
+                         "iterations to continue a run")
+    opt = optimizer if optimizer is not None else make_optimizer(learner, meta_lr)
+    objective = None
+    if world.distributed:
+        world.shard(meta_batch)  # every rank needs a task
+        if generator is None:
+            raise ValueError("meta_train across processes needs generator=: a torch.Generator seeded the same on "
+                             "every rank, so that every rank draws the same global batches")
+        world.same("the generator state", hashlib.sha256(generator.get_state().numpy().tobytes()).hexdigest())
+        world.same("(iterations, meta_batch, start)", (iterations, meta_batch, start))
+        objective = world.wrap(learner)
     history = []
     bar = None
-    if progress:
+    if progress and world.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=iterations, desc="meta-train", unit="it", dynamic_ncols=True)
+        bar = tqdm(total=iterations, initial=start, desc="meta-train", unit="it", dynamic_ncols=True)
     running = None
     t0 = t1 = time.perf_counter()
-    for it in range(iterations):
-        if it == 1:
+    for it in range(start, iterations):
+        if it == start + 1:
             t1 = time.perf_counter()
         batch = task.sample(meta_batch, generator, device=device, dtype=dtype)
-        val = meta_step(learner, opt, batch)
+        with world.guard(f"meta-iteration {it + 1}"):
+            val = meta_step(learner, opt, batch, objective)
         running = val if running is None else 0.98 * running + 0.02 * val
-        if (it + 1) % log_every == 0:
-            history.append((it + 1, running))
+        n = it + 1
+        if n % log_every == 0 or n % 50 == 0:
+            shown = world.mean(running)  # the mean over ranks (every rank calls it at the same iterations)
+            if n % log_every == 0:
+                history.append((n, shown))
+            if bar is not None and n % 50 == 0:
+                bar.set_postfix({getattr(learner, "objective", "meta-loss"): f"{shown:.3f}"})
         if bar is not None:
             bar.update(1)
-            if running is not None and (it + 1) % 50 == 0:
-                bar.set_postfix({getattr(learner, "objective", "meta-loss"): f"{running:.3f}"})
+        if checkpoint_every and on_checkpoint is not None and n % checkpoint_every == 0 and world.is_main:
+            on_checkpoint(n, opt)
     if bar is not None:
         bar.close()
     if timings is not None:
         end = time.perf_counter()
-        timings.update(first_s=(t1 if iterations > 1 else end) - t0, rest_s=end - t1 if iterations > 1 else 0.0)
+        done = iterations - start
+        timings.update(first_s=(t1 if done > 1 else end) - t0, rest_s=end - t1 if done > 1 else 0.0)
     return history
+
+
+def save_checkpoint(path: str, learner: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
+                    generator: Optional[torch.Generator], **extra):
+    """Write what resuming needs: the learner's and optimizer's state, the iterations done
+    and the task generator's state (plus ``extra`` entries), atomically (a temporary file
+    renamed over ``path``)."""
+    ckpt = {"state_dict": learner.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+            "generator": None if generator is None else generator.get_state(), **extra}
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(ckpt, learner: nn.Module, optimizer: torch.optim.Optimizer,
+                    generator: Optional[torch.Generator]) -> int:
+    """Restore a :func:`save_checkpoint` checkpoint (a dict or a path) into ``learner``,
+    ``optimizer`` and ``generator``; returns the iterations it had done."""
+    if not isinstance(ckpt, dict):
+        ckpt = torch.load(ckpt, map_location="cpu")
+    missing = [k for k in ("state_dict", "optimizer", "iteration", "generator") if k not in ckpt]
+    if missing:
+        raise ValueError(f"the checkpoint has no {', '.join(missing)}: it cannot be resumed (only checkpoints "
+                         "written by this version's save_checkpoint / metakern train --save hold the optimizer, "
+                         "the iteration and the generator state)")
+    learner.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if generator is not None and ckpt["generator"] is not None:
+        generator.set_state(ckpt["generator"])
+    return int(ckpt["iteration"])
 
 
 @dataclass
@@ -165,20 +242,34 @@ class MetaTestResult:
 
 
 def meta_test(learner, task, *, tasks: int = 600, batch: int = 100, steps: Optional[int] = None,
-              generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32) -> MetaTestResult:
-    """Adapt to ``tasks`` held-out tasks; query MSE (regression) or accuracy (classification) with a 95% interval."""
+              generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32,
+              world: Optional[World] = None) -> MetaTestResult:
+    """Adapt to ``tasks`` held-out tasks; query MSE (regression) or accuracy (classification) with a 95% interval.
+
+    With ``world`` (:class:`metakern.distributed.World`) every rank draws the same
+    batches and adapts its shard of each; the per-task values are gathered in the
+    one-process order, and every rank returns the same result."""
+    world = world or World()
     vals = []
     done = 0
     while done < tasks:
         n = min(batch, tasks - done)
         xs, ys, xq, yq = task.sample(n, generator, device=device, dtype=dtype)
-        with torch.no_grad():
-            pred = learner.adapt(xs, ys, steps=steps)(xq)
-            if task.loss == "mse":
-                vals.append(((pred - yq) ** 2).mean(dim=(1, 2)).cpu())
-            else:
-                vals.append((pred.argmax(-1) == yq).to(torch.float64).mean(1).cpu())
+        lo, hi = world.shard(n, allow_empty=True)
+        if hi > lo:
+            xs, ys, xq, yq = (t[lo:hi] for t in (xs, ys, xq, yq))
+            with torch.no_grad():
+                pred = learner.adapt(xs, ys, steps=steps)(xq)
+                if task.loss == "mse":
+                    vals.append(((pred - yq) ** 2).mean(dim=(1, 2)).cpu())
+                else:
+                    vals.append((pred.argmax(-1) == yq).to(torch.float64).mean(1).cpu())
+        else:
+            vals.append(torch.zeros(0, dtype=torch.float64))
         done += n
+    if world.distributed:  # batch by batch, rank by rank: the one-process order
+        ranks = world.gather(vals)
+        vals = [part for b in range(len(vals)) for part in (r[b] for r in ranks)]
     v = torch.cat(vals).to(torch.float64)
     half = 1.96 * v.std(unbiased=True).item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
     return MetaTestResult("MSE" if task.loss == "mse" else "accuracy", v.mean().item(), half, len(v))

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import metakern.distributed
 import metakern.functional
 import metakern.learners
 import metakern.nn
@@ -13,7 +14,7 @@ import metakern.nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module", [metakern.functional, metakern.learners, metakern.nn])
+@pytest.mark.parametrize("module", [metakern.distributed, metakern.functional, metakern.learners, metakern.nn])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
@@ -32,3 +33,16 @@ def test_readme_training_example():
     m, xs, ys, xq, yq = (scope[k] for k in ("maml", "xs", "ys", "xq", "yq"))
     torch.testing.assert_close(F.mse_loss(m.adapt(xs, ys)(xq), yq), m.meta_loss(xs, ys, xq, yq), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_readme_distributed_example(monkeypatch):
+    """The README's loop over metakern.distributed, in one process (tests/test_distributed.py
+    runs the same calls on two)."""
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = [b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S) if "distributed.init()" in b]
+    assert len(blocks) == 1
+    scope = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)
+    assert not scope["world"].distributed and scope["it"] == 99

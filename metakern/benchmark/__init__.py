@@ -12,6 +12,8 @@ run prints the path); ``bench/run.py`` writes to the checkout's ``bench/results/
 One module per concern, each importing only modules listed after it:
 
 * :mod:`.cli`: the flags, the run (the table to stdout, the rows to the CSV), :func:`main`;
+* :mod:`.scaling`: tasks per second across processes (DDP) and the all-reduce time per step;
+  its own command, ``python -m metakern.benchmark.scaling``;
 * :mod:`.plots`: the speedup over vmap (bars), memory against ``K``, time against ``T``;
 * :mod:`.results`: the run's environment, the CSV (:data:`COLUMNS`), the table;
 * :mod:`.measure`: every provider on one (config, quantity): build, first call,
