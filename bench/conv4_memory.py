@@ -12,7 +12,6 @@ recorded as such, with the time it had run.
     python bench/conv4_memory.py --out bench/results/conv4_memory.csv
 """
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -22,6 +21,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's metakern
+
+from metakern.benchmark.results import append_rows  # noqa: E402 (after the path)
 
 # algo, ways, shots, queries per class, T (meta-batch), K (inner steps)
 CASES = [
@@ -132,13 +133,7 @@ def main():
         rows.append(row)
         print(", ".join(f"{k}={v}" for k, v in row.items() if k not in ("date", "device", "torch", "metakern")),
               flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    new = not os.path.exists(args.out)
-    with open(args.out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_rows(args.out, rows)
 
 
 if __name__ == "__main__":

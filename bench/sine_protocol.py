@@ -11,9 +11,7 @@ the same 600 held-out tasks (query MSE after one inner step, 95% interval).
 """
 import argparse
 import copy
-import csv
 import datetime
-import os
 import platform
 import time
 
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 
 import metakern as mk
 from metakern import train as T
+from metakern.benchmark.results import append_rows
 
 
 class PlainMAML(torch.nn.Module):
@@ -107,13 +106,7 @@ def main(argv=None):
                              iterations=a.iterations, seed=a.seed, mse=f"{res.mean:.4f}", ci95=f"{res.ci95:.4f}",
                              seconds=f"{secs:.1f}"))
     if a.out:
-        new = not os.path.exists(a.out)
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+        append_rows(a.out, rows)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,21 @@ def _upgrade(path: str, header: list):
     print(f"# {path}: added the column(s) {', '.join(missing)} (empty in its {len(rows)} earlier rows)")
 
 
+def append_rows(path: str, rows: list):
+    """Append ``rows`` (dicts with the same keys) to the CSV ``path``, with a header when
+    the file is new; the folder is made if needed. For the scripts in ``bench/`` whose
+    rows are their own (not :data:`COLUMNS`)."""
+    if not rows:
+        return
+    new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
 def _cell(v):
     if v is None:
         return ""
