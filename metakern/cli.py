@@ -104,7 +104,7 @@ def _make_tasks(args, world):
     if world.is_main:
         try:
             out = load()
-        except (ValueError, TypeError, OSError, ImportError) as e:
+        except Exception as e:  # every rank raises it: the others must not wait for a cache that never comes
             problem = str(e)
     problem = world.broadcast(problem)  # the others wait here for rank 0's cache
     if problem:

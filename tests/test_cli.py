@@ -399,3 +399,20 @@ def test_meta_train_callback_gets_the_window_means():
     assert set(timings) == {"first_s", "rest_s", "callback_s"} and timings["callback_s"] >= 0
     with pytest.raises(ValueError, match="callback_every"):
         T.meta_train(learner(), task, iterations=1, progress=False, callback_every=-1, callback=print)
+
+
+def test_readme_train_commands_parse():
+    """Every `metakern train` line of the README's bash blocks is a valid command line."""
+    import os
+    import re
+    import shlex
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+        text = "\n".join(re.findall(r"```bash\n(.*?)```", f.read(), re.S)).replace("\\\n", " ")
+    lines = [ln.split("#")[0] for ln in text.splitlines() if ln.strip().startswith("metakern train")]
+    assert len(lines) >= 8 and sum("--task kanji" in ln for ln in lines) >= 3 and any("omniglot" in ln for ln in lines)
+    parser = cli.build_parser()
+    for ln in lines:
+        args = parser.parse_args(shlex.split(ln)[1:])
+        cli._check_options(args, parser)
+        cli._resolve_defaults(args)
