@@ -187,7 +187,7 @@ def test_kanji_runs_end_to_end(tmp_path, capsys, small, model, algo):
     out = capsys.readouterr().out
     assert f"meta-training {algo} on kanji: 2-way 1-shot (15 queries), {model} on [1x28x28]" in out
     assert "1 inner step(s) at lr 0.4" in out  # the MAML paper's 5-way Omniglot settings
-    assert "meta-test after 10 inner step(s) on 10 held-out tasks:" in out
+    assert "meta-test after 1 inner step(s) on 10 held-out tasks:" in out
     for name in ("meta-trained", "not meta-trained"):
         assert f"{name:17s} accuracy " in out
     assert out.count("(95% interval over 10 tasks)") == 2
@@ -210,15 +210,16 @@ def test_image_tasks_take_the_papers_defaults():
 
     a = resolved("--task", "kanji")
     assert (a.meta_batch, a.inner_lr, a.steps, a.test_steps, a.shots, a.queries, a.ways, a.hidden) == \
-           (32, 0.4, 1, 10, 1, 15, 5, "256,128,64,64")
+           (32, 0.4, 1, 1, 1, 15, 5, "256,128,64,64")
     assert resolved("--task", "omniglot", "--model", "conv4").filters == 64
     r = resolved("--task", "kanji", "--algo", "reptile")  # Reptile keeps its own inner loop
     assert (r.inner_lr, r.steps, r.test_steps) == (0.02, 5, 5)
     s = resolved("--task", "sine")  # the regression tasks are unchanged
     assert (s.meta_batch, s.inner_lr, s.steps, s.test_steps, s.shots, s.queries, s.hidden) == \
            (25, 0.01, 1, 1, 10, 10, "40,40")
-    own = resolved("--task", "kanji", "--steps", "3", "--inner-lr", "0.1", "--meta-batch", "8")
+    own = resolved("--task", "kanji", "--steps", "3", "--inner-lr", "0.1", "--meta-batch", "8", "--test-steps", "10")
     assert (own.steps, own.test_steps, own.inner_lr, own.meta_batch) == (3, 10, 0.1, 8)
+    assert resolved("--task", "kanji", "--steps", "5").test_steps == 5
 
 
 def test_val_every_and_plot(tmp_path, capsys, small):
@@ -292,7 +293,7 @@ def test_omniglot_runs_and_resumes(tmp_path, capsys, small, omni_root):
                      "--iterations", "2"]) == 0
     out = capsys.readouterr().out
     assert "meta-training anil on omniglot: 2-way 1-shot (3 queries), conv4 on [1x28x28]" in out
-    assert "meta-test after 10 inner step(s) on 10 held-out tasks:" in out and "not meta-trained  accuracy" in out
+    assert "meta-test after 1 inner step(s) on 10 held-out tasks:" in out and "not meta-trained  accuracy" in out
     _resume_matches(tmp_path, [*omniglot_args(omni_root), "--hidden", "8"])
 
 
