@@ -223,6 +223,7 @@ def _train(args, world) -> int:
             f"--resume {args.save} continues it)")
     if args.plot and main:
         title = (f"{args.algo} {args.model} on {args.task}, {args.ways}-way {args.shots}-shot: meta-test accuracy "
+                 f"after {test_steps} step(s) "
                  f"{res['meta-trained'].mean:.3f} ± {res['meta-trained'].ci95:.3f}"
                  if args.task in IMAGE_TASKS + ("digits",) else f"{args.algo} on {args.task}")
         T.plot_learning_curve(args.plot, curve["loss"], curve["val"], loss_label=objective, title=title)
