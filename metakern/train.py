@@ -130,7 +130,7 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
                generator: Optional[torch.Generator] = None, progress: bool = True, device=None, dtype=torch.float32,
                log_every: int = 100, timings: Optional[dict] = None, optimizer: Optional[torch.optim.Optimizer] = None,
                start: int = 0, checkpoint_every: int = 0, on_checkpoint: Optional[Callable] = None,
-               world: Optional[World] = None):
+               world: Optional[World] = None, callback_every: int = 0, callback: Optional[Callable] = None):
     """Meta-train ``learner`` with Adam on batches of ``meta_batch`` tasks; returns the loss history.
 
     ``timings``, when given, receives ``"first_s"`` (the first iteration: start-up,
@@ -143,6 +143,14 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
     ``on_checkpoint(iteration, optimizer)`` is called after every ``checkpoint_every``-th
     iteration (on rank 0 only).
 
+    ``callback(iteration, loss)`` is called on every rank after every
+    ``callback_every``-th iteration (0: none) and after the last one, with the mean over
+    ranks of the meta-loss averaged over the iterations since its previous call (or
+    since ``start``). It may run collectives, e.g. a validation :func:`meta_test` with
+    ``world``, and runs before ``on_checkpoint`` of the same iteration, so a checkpoint
+    holds what it recorded. ``timings`` leave its time out and, with a callback, hold
+    it as ``"callback_s"``.
+
     ``world`` (a :class:`metakern.distributed.World`) trains across its processes:
     every rank draws the global batch of ``meta_batch`` tasks from ``generator`` (which
     must be seeded the same on every rank) and the DDP-wrapped objective takes its
@@ -151,6 +159,7 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
     """
     world = world or World()
     check_int("iterations", iterations, 0)
+    check_int("callback_every", callback_every, 0)
     start = check_int("start", start, 0)
     if start > iterations:
         raise ValueError(f"start ({start} iterations done) must be <= iterations ({iterations}); ask for more "
@@ -172,10 +181,12 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
 
         bar = tqdm(total=iterations, initial=start, desc="meta-train", unit="it", dynamic_ncols=True)
     running = None
+    window, count = 0.0, 0  # the losses since the last callback
+    paused = paused_first = 0.0  # seconds in callbacks: all of them, those of the first iteration
     t0 = t1 = time.perf_counter()
     for it in range(start, iterations):
         if it == start + 1:
-            t1 = time.perf_counter()
+            t1, paused_first = time.perf_counter(), paused
         batch = task.sample(meta_batch, generator, device=device, dtype=dtype)
         with world.guard(f"meta-iteration {it + 1}"):
             val = meta_step(learner, opt, batch, objective)
@@ -189,6 +200,12 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
                 bar.set_postfix({getattr(learner, "objective", "meta-loss"): f"{shown:.3f}"})
         if bar is not None:
             bar.update(1)
+        window, count = window + val, count + 1
+        if callback is not None and ((callback_every and n % callback_every == 0) or n == iterations):
+            c0 = time.perf_counter()
+            callback(n, world.mean(window / count))
+            window, count = 0.0, 0
+            paused += time.perf_counter() - c0
         if checkpoint_every and on_checkpoint is not None and n % checkpoint_every == 0 and world.is_main:
             on_checkpoint(n, opt)
     if bar is not None:
@@ -196,7 +213,12 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
     if timings is not None:
         end = time.perf_counter()
         done = iterations - start
-        timings.update(first_s=(t1 if done > 1 else end) - t0, rest_s=end - t1 if done > 1 else 0.0)
+        if done > 1:
+            timings.update(first_s=t1 - t0 - paused_first, rest_s=end - t1 - (paused - paused_first))
+        else:
+            timings.update(first_s=end - t0 - paused, rest_s=0.0)
+        if callback is not None:
+            timings["callback_s"] = paused
     return history
 
 
@@ -278,3 +300,34 @@ def meta_test(learner, task, *, tasks: int = 600, batch: int = 100, steps: Optio
 def untrained_copy(learner: nn.Module) -> nn.Module:
     """A copy of the learner at its current (e.g. initial) meta-parameters."""
     return copy.deepcopy(learner)
+
+
+def plot_learning_curve(path: str, loss, val=(), *, loss_label: str = "query loss", title: str = ""):
+    """A learning-curve PNG at ``path``: ``loss`` (``(iteration, value)`` pairs: the
+    training meta-loss) on the left axis and, when given, ``val`` (``(iteration,
+    accuracy, ci95)``: validation accuracy with its 95% interval) on the right one,
+    against meta-iterations. Needs matplotlib; drawn on a bare ``Figure`` (the Agg
+    canvas), so neither pyplot's state nor a display is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if loss:
+        it, v = zip(*loss)
+        ax.plot(it, v, color="tab:blue", lw=1.2, marker="." if len(it) < 50 else None)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel(f"training {loss_label}", color="tab:blue")
+    ax.grid(alpha=0.3)
+    if val:
+        it, acc, ci = zip(*val)
+        right = ax.twinx()
+        right.plot(it, acc, color="tab:orange", lw=1.2, marker="o", ms=3)
+        right.fill_between(it, [a - c for a, c in zip(acc, ci)], [a + c for a, c in zip(acc, ci)],
+                           color="tab:orange", alpha=0.2, lw=0)
+        right.set_ylabel("validation accuracy (95% interval)", color="tab:orange")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
