@@ -14,24 +14,31 @@ Rows, each trained twice from the same initialisation on the same task batches:
 Each beside a plain-PyTorch reference written here (no metakern op): autograd
 through the unrolled inner loop (``torch.autograd.grad(create_graph=True)``; without
 it for FOMAML), the MLP batched over tasks, the Conv-4 with ``F.conv2d`` and
-``F.batch_norm`` on each task's own batch statistics, as the library does. Then
-both are meta-tested on the same held-out tasks (600 by default): query accuracy
-after the test-time inner steps, with a 95% interval, beside the learner at its
-initialisation (not meta-trained) adapted the same way.
+``F.batch_norm`` on each task's own batch statistics, as the library does
+(tests/test_fewshot_protocol.py checks that the two give the same meta-gradient in
+float64). Then both are meta-tested on the same held-out tasks (600 by default):
+query accuracy with a 95% interval, after the inner steps of training and after the
+paper's test-time steps, beside the learner at its initialisation (not meta-trained)
+adapted the same way. The interval covers the sampling of the test tasks, not the
+spread between training runs: Adam turns float32 rounding differences into different
+trajectories within a few iterations (``--lockstep N`` shows it), so two correct
+implementations can end apart where training is unstable.
 
 The MAML paper's Omniglot settings (Finn et al., 2017): 5-way: meta-batch 32, inner
 lr 0.4, 1 inner step in training and 10 at test; 20-way: meta-batch 16, inner lr 0.1,
-5 inner steps in training and 10 at test; Adam, meta-lr 1e-3; 60,000 iterations.
-What differs here: the data (KanjiVG characters drawn by simulated writers, not
-Omniglot; no rotation classes), the number of iterations (``--iterations``, per row
-with ``--row-iterations``: a 2-core CPU cannot run 60,000), the Conv-4 width
-(``--filters``, 64 in the paper) and the Conv-4 itself (max pooling instead of the
-reference code's strided convolutions for Omniglot, batch norm with a scale; see
-``mk.Conv4``), and the MLP has no batch norm. ANIL and Meta-SGD use the same inner
-rates and steps as MAML.
+5 inner steps in training and 10 at test; Adam, meta-lr 1e-3; 60,000 meta-iterations
+in the reference code's Omniglot commands. What differs here: the data (KanjiVG
+characters drawn by simulated writers, not Omniglot; no rotation classes), the number
+of iterations (``--iterations``, per row and setting with ``--row-iterations``: a
+2-core CPU cannot run 60,000), the Conv-4 width (``--filters``, 64 in the paper), the
+Conv-4 itself (max pooling, as the reference code's mini-ImageNet network, where its
+Omniglot one uses strided convolutions; batch norm with a scale; see ``mk.Conv4``),
+and the MLP has no batch norm. ANIL and Meta-SGD use MAML's inner rates and steps
+(Meta-SGD's rates start there).
 
     python bench/fewshot_protocol.py --iterations 2000 --out bench/results/fewshot_protocol.csv
-    python bench/fewshot_protocol.py --quick --out /tmp/quick.csv     # a small end-to-end check
+    python bench/fewshot_protocol.py --quick --settings 5w1s --out /tmp/quick.csv   # a small end-to-end check
+    python bench/fewshot_protocol.py --table bench/results/fewshot_protocol.csv   # the README's table
 """
 import argparse
 import csv
@@ -222,6 +229,52 @@ def meta_train(learner, step, train_task, *, iterations, meta_batch, seed, label
     return secs, running
 
 
+def lockstep(learner, plain, train_task, *, iterations, meta_batch, seed, sync):
+    """Train the metakern learner and its plain reference side by side on the same batches
+    and print, every 10 iterations, the two meta-losses and the largest difference of their
+    meta-gradients and of their parameters (relative to the largest entry). With ``sync`` the reference is reset to
+    the learner's parameters before each step (so the gradients are compared at the same
+    point); without, the two trajectories run apart and the drift shows how fast
+    rounding differences grow."""
+    mine = [p for _, p in _pairs(learner, plain)]
+    ref = [q for q, _ in _pairs(learner, plain)]
+    opt1, opt2 = _adam(learner.parameters()), _adam(plain.parameters())
+    step1 = _metakern_step(learner)
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def rel(a, b):  # the largest difference relative to the largest entry, over all tensors
+        top = max(y.abs().max().item() for y in b)
+        return max((x - y).abs().max().item() for x, y in zip(a, b)) / max(top, 1e-30)
+
+    for it in range(iterations):
+        batch = train_task.sample(meta_batch, g)
+        if sync:
+            with torch.no_grad():
+                for x, y in zip(mine, ref):
+                    y.copy_(x)
+        opt1.zero_grad(set_to_none=True)
+        opt2.zero_grad(set_to_none=True)
+        l1, l2 = step1(*batch), plain.meta_step(*batch)
+        gd = rel([p.grad for p in mine], [q.grad for q in ref])
+        opt1.step()
+        opt2.step()
+        if it % 10 == 0 or it == iterations - 1:
+            print(f"  it {it:4d}  meta-loss {l1:.4f} / {l2:.4f}  gradient rel. diff {gd:.1e}  "
+                  f"parameter rel. diff {rel(mine, ref):.1e}", flush=True)
+
+
+def _pairs(learner, plain):
+    """``(plain parameter, metakern parameter)`` in the same order."""
+    if plain.algo == "anil":
+        ours = list(learner.body.parameters()) + list(learner.head.module.parameters())
+        theirs = list(plain.body) + list(plain.theta)
+    else:
+        ours, theirs = list(learner.module.parameters()), list(plain.theta)
+        if plain.algo == "metasgd":
+            ours, theirs = ours + list(learner.lrs), theirs + list(plain.lrs)
+    return list(zip(theirs, ours))
+
+
 def parse_row_iterations(text):
     """``"maml-conv4=50,anil-conv4@20w1s=20"`` -> ``{("maml-conv4", None): 50, ("anil-conv4", "20w1s"): 20}``."""
     out = {}
@@ -261,12 +314,19 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (torch's default when not given)")
     p.add_argument("--machine", default="cpu-2core", help="the device column of the CSV")
     p.add_argument("--quick", action="store_true",
-                   help="a tiny end-to-end run: 2 iterations, 80 characters, 4 filters, 10 test tasks")
+                   help="a tiny end-to-end run: 2 iterations, 80 characters, 4 filters, 3 queries, 5 test tasks")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=None, help="append rows to this CSV (written after each row)")
+    p.add_argument("--lockstep", type=int, default=0, metavar="N",
+                   help="instead of the protocol: N iterations of metakern and the reference side by side, "
+                        "synchronised and not, printing how far their gradients and parameters differ")
+    p.add_argument("--table", default=None, metavar="CSV", help="print the README's table of this CSV and exit")
     a = p.parse_args(argv)
+    if a.table:
+        print(table(a.table))
+        return
     if a.quick:
-        a.iterations, a.limit, a.filters, a.test_tasks = 2, a.limit or 80, 4, 10
+        a.iterations, a.limit, a.filters, a.test_tasks, a.queries = 2, a.limit or 80, 4, 5, 3
     settings = _names(a.settings, SETTINGS, "settings")
     rows = _names(a.rows, ROWS, "rows")
     impls = _names(a.impls, IMPLS, "impls")
@@ -286,6 +346,15 @@ def main(argv=None):
             learner = T.build_learner(algo, train_task, model=model, inner_lr=lr, steps=steps, backend=a.backend,
                                       **extra)
             plain = PlainLearner(algo, model, learner, lr, steps)
+            if a.lockstep:
+                for sync in (True, False):
+                    print(f"{setting} {row}: lockstep, reference {'synchronised' if sync else 'free'}", flush=True)
+                    torch.manual_seed(a.seed)
+                    lrn = T.build_learner(algo, train_task, model=model, inner_lr=lr, steps=steps,
+                                          backend=a.backend, **extra)
+                    lockstep(lrn, PlainLearner(algo, model, lrn, lr, steps), train_task, iterations=a.lockstep,
+                             meta_batch=meta_batch, seed=a.seed, sync=sync)
+                continue
             untrained = T.untrained_copy(learner)
             results = [("untrained", untrained, None)]
             for impl in impls:
@@ -319,6 +388,37 @@ def main(argv=None):
                         ms_per_iteration=f"{1e3 * secs / n:.1f}" if n else ""))
             if a.out:
                 _append(a.out, out)
+
+
+def table(path):
+    """The README's Markdown table of a results CSV: per setting and row, accuracy with its
+    95% interval not meta-trained / metakern / plain, at the training and the test steps."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    cell = {(r["setting"], r["algo"], r["model"], r["impl"], int(r["test_steps"])): r for r in rows}
+    lines = ["| setting | row | iterations | test steps | not meta-trained | metakern | plain PyTorch | ms/it metakern / plain |",
+             "|---|---|---|---|---|---|---|---|"]
+    seen = []
+    for r in rows:
+        key = (r["setting"], r["algo"], r["model"], int(r["test_steps"]))
+        if key not in seen:
+            seen.append(key)
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    rank = {v: i for i, v in enumerate(ROWS.values())}
+    for setting, algo, model, k in sorted(seen, key=lambda t: (order[t[0]], rank[(t[1], t[2])], t[3])):
+        got = {impl: cell.get((setting, algo, model, impl, k)) for impl in ("untrained", *IMPLS)}
+        if any(v is None for v in got.values()):
+            continue
+
+        def acc(impl):
+            return f"{100 * float(got[impl]['accuracy']):.1f} ± {100 * float(got[impl]['ci95']):.1f}"
+
+        name = {"maml": "MAML", "fomaml": "FOMAML", "metasgd": "Meta-SGD", "anil": "ANIL"}[algo]
+        width = f" ({got['metakern']['filters']} filters)" if model == "conv4" else ""
+        lines.append(f"| {setting} | {name}-{'MLP' if model == 'mlp' else 'Conv4'}{width} | "
+                     f"{got['metakern']['iterations']} | {k} | {acc('untrained')} | {acc('metakern')} | {acc('plain')} | "
+                     f"{float(got['metakern']['ms_per_iteration']):.0f} / {float(got['plain']['ms_per_iteration']):.0f} |")
+    return "\n".join(lines)
 
 
 def _append(path, rows):

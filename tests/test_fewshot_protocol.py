@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import metakern as mk
+from metakern.backends import available
 from metakern import train as T
 
 from helpers import assert_close, seeded
@@ -23,19 +24,6 @@ def _load():
 
 
 P = _load()
-
-
-def _pairs(learner, plain, algo):
-    """(name, metakern parameter, the plain reference's parameter), in the same order."""
-    if algo == "anil":
-        mine = list(learner.body.parameters()) + list(learner.head.module.parameters())
-        ref = list(plain.body) + list(plain.theta)
-    else:
-        mine, ref = list(learner.module.parameters()), list(plain.theta)
-        if algo == "metasgd":
-            mine, ref = mine + list(learner.lrs), ref + list(plain.lrs)
-    assert len(mine) == len(ref)
-    return [(f"param {i}", a, b) for i, (a, b) in enumerate(zip(mine, ref))]
 
 
 @pytest.mark.parametrize("row", list(P.ROWS))
@@ -60,7 +48,7 @@ def test_plain_reference_matches_metakern(request, row):
     loss.backward()
     ref = plain.meta_step(xs, ys, xq, yq)
     assert abs(loss.item() - ref) <= 1e-9 * abs(ref)
-    pairs = _pairs(learner, plain, algo)
+    pairs = [(f"param {i}", a, b) for i, (b, a) in enumerate(P._pairs(learner, plain))]
     assert all(a.grad is not None and b.grad is not None for _, a, b in pairs)
     # relative to the largest meta-gradient entry: the convolution biases' gradients are
     # zero up to rounding (batch norm cancels them)
@@ -85,15 +73,39 @@ def test_row_iterations_parsing():
         P.main(["--rows", "maml-mlp,reptile-mlp"])
 
 
-def test_quick_run_writes_csv(tmp_path):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache folder for the drawn characters of the quick runs (drawn once)."""
+    return str(tmp_path_factory.mktemp("kanji-cache"))
+
+
+def test_lockstep_prints_the_differences(cache, capsys):
+    P.main(["--quick", "--no-progress", "--cache-dir", cache, "--settings", "5w1s", "--rows", "fomaml-mlp",
+            "--lockstep", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln for ln in lines if "lockstep" in ln] == ["5w1s fomaml-mlp: lockstep, reference synchronised",
+                                                       "5w1s fomaml-mlp: lockstep, reference free"]
+    diffs = [float(ln.split("gradient rel. diff")[1].split()[0]) for ln in lines if "gradient rel. diff" in ln]
+    assert len(diffs) == 4 and diffs[0] < 1e-4  # float32 rounding at the same parameters
+
+
+def test_quick_run_writes_csv(cache, tmp_path):
     out = tmp_path / "quick.csv"
-    P.main(["--quick", "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    # one setting keeps it near half a minute on 2 cores; the others differ by numbers only
+    # cpp as in the real run: "auto" would take Triton, which conftest puts in its (slow) interpreter
+    backend = "torch" if available()["cpp"] else "cpp"
+    P.main(["--quick", "--no-progress", "--cache-dir", cache, "--settings", "5w1s", "--backend", backend,
+            "--out", str(out)])
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    # every setting and row: the untrained baseline, metakern and the plain reference
-    assert len(rows) == len(P.SETTINGS) * len(P.ROWS) * 3
-    seen = {(r["setting"], r["algo"], r["model"], r["impl"]) for r in rows}
-    assert seen == {(s, *P.ROWS[r], i) for s in P.SETTINGS for r in P.ROWS for i in ("untrained", *P.IMPLS)}
+    # every row: the untrained baseline, metakern and the plain reference, each
+    # meta-tested after the training steps and after the paper's test steps
+    want = {(s, *P.ROWS[r], i, str(k)) for s, (*_, train_k, test_k) in [("5w1s", P.SETTINGS["5w1s"])] for r in P.ROWS
+            for i in ("untrained", *P.IMPLS) for k in (train_k, test_k)}
+    assert len(rows) == len(want)
+    assert {(r["setting"], r["algo"], r["model"], r["impl"], r["test_steps"]) for r in rows} == want
     for r in rows:
-        assert 0.0 <= float(r["accuracy"]) <= 1.0 and r["test_tasks"] == "10"
+        assert 0.0 <= float(r["accuracy"]) <= 1.0 and r["test_tasks"] == "5"
         assert r["iterations"] == ("0" if r["impl"] == "untrained" else "2")
+    lines = P.table(str(out)).splitlines()
+    assert len(lines) == 2 + len(want) // 3 and "| 5w1s | MAML-Conv4 (4 filters) | 2 | 10 |" in lines[-1]
