@@ -15,6 +15,11 @@ import platform
 import subprocess
 from typing import Optional
 
+try:
+    import fcntl  # POSIX file locks
+except ImportError:  # Windows: no lock
+    fcntl = None
+
 import torch
 
 import metakern as mk
@@ -121,17 +126,24 @@ def _upgrade(path: str, header: list):
 
 def append_rows(path: str, rows: list):
     """Append ``rows`` (dicts with the same keys) to the CSV ``path``, with a header when
-    the file is new; the folder is made if needed. For the scripts in ``bench/`` whose
-    rows are their own (not :data:`COLUMNS`)."""
+    the file is empty; the folder is made if needed. Under an exclusive lock (POSIX), so
+    that several runs can append to one file. For the scripts in ``bench/`` whose rows
+    are their own (not :data:`COLUMNS`)."""
     if not rows:
         return
-    new = not os.path.exists(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if f.seek(0, os.SEEK_END) == 0:
+                w.writeheader()
+            w.writerows(rows)
+            f.flush()
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _cell(v):
