@@ -80,6 +80,17 @@ def grads_with_graph(output, inputs, grad_output, needs):
     return tuple(out)
 
 
+def adapt_grads_with_graph(theta, lr, x, y, dims, steps, loss, act, first_order, grad, needs):
+    """``(theta, lr, x)`` gradients of ``<theta_K, grad>`` with a graph (the adapt formulas)."""
+    out = unrolled_adapt(theta, lr, x, y, dims, steps, loss, act, first_order)
+    return grads_with_graph(out, (theta, lr, x), grad, needs[:3])
+
+
+def mlp_grads_with_graph(theta, x, dims, act, grad_out, needs):
+    """``(theta, x)`` gradients of ``<mlp(theta, x), grad_out>`` with a graph (the mlp formulas)."""
+    return grads_with_graph(torch_backend.mlp_apply(theta, x, dims, act), (theta, x), grad_out, needs[:2])
+
+
 def maml_losses_with_graph(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
     """The reduced MAML objective of a parameter list, differentiable by autograd."""
     theta = pack_params(params, per_task, xs.shape[0])
@@ -158,8 +169,8 @@ def _adapt_grad(ctx, grad, bwd=None):
     theta, lr, x, y = ctx.saved_tensors
     dims, steps, loss, act, first_order, backend = ctx.args
     if torch.is_grad_enabled():  # create_graph=True
-        out = unrolled_adapt(theta, lr, x, y, dims, steps, loss, act, first_order)
-        return grads_with_graph(out, (theta, lr, x), grad, ctx.needs_input_grad[:3]) + (None,) * 7
+        return adapt_grads_with_graph(theta, lr, x, y, dims, steps, loss, act, first_order, grad,
+                                      ctx.needs_input_grad) + (None,) * 7
     need_x = ctx.needs_input_grad[2]
     bwd = bwd or adapt_backward
     g = bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, first_order, need_x, backend)
@@ -202,9 +213,7 @@ def _mlp_grad(ctx, grad_out, bwd=None):
     theta, x = ctx.saved_tensors
     dims, act, backend = ctx.args
     if torch.is_grad_enabled():  # create_graph=True
-        with torch.enable_grad():
-            out = torch_backend.mlp_apply(theta, x, dims, act)
-        return grads_with_graph(out, (theta, x), grad_out, ctx.needs_input_grad[:2]) + (None,) * 3
+        return mlp_grads_with_graph(theta, x, dims, act, grad_out, ctx.needs_input_grad) + (None,) * 3
     need_x = ctx.needs_input_grad[1]
     bwd = bwd or mlp_backward
     g_theta, g_x = bwd(grad_out.contiguous(), theta, x, dims, act, need_x, backend)
@@ -392,8 +401,8 @@ def _register_compiled_ops():
         theta, lr, x, y = ctx.saved_tensors
         dims, steps, loss, act = ctx.args
         if torch.is_grad_enabled():  # create_graph=True
-            out = unrolled_adapt(theta, lr, x, y, dims, steps, loss, act, False)
-            return grads_with_graph(out, (theta, lr, x), grad, ctx.needs_input_grad[:3]) + (None,) * 5
+            return adapt_grads_with_graph(theta, lr, x, y, dims, steps, loss, act, False, grad,
+                                          ctx.needs_input_grad) + (None,) * 5
         g = ops.adapt_bwd(grad.contiguous(), theta, lr, x, y, dims, steps, loss, act, False, ctx.needs_input_grad[2])
         return reduce_adapt_grads(theta, *g, ctx.needs_input_grad) + (None,) * 5
 
@@ -408,9 +417,7 @@ def _register_compiled_ops():
         theta, x = ctx.saved_tensors
         dims, act = ctx.args
         if torch.is_grad_enabled():  # create_graph=True
-            with torch.enable_grad():
-                out = torch_backend.mlp_apply(theta, x, dims, act)
-            return grads_with_graph(out, (theta, x), grad_out, ctx.needs_input_grad[:2]) + (None,) * 2
+            return mlp_grads_with_graph(theta, x, dims, act, grad_out, ctx.needs_input_grad) + (None,) * 2
         g_theta, g_x = ops.mlp_bwd(grad_out.contiguous(), theta, x, dims, act, ctx.needs_input_grad[1])
         return reduce_mlp_grads(theta, g_theta, g_x, ctx.needs_input_grad) + (None,) * 2
 
