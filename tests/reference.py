@@ -77,16 +77,46 @@ def mlp_packed(theta, x, dims, act):
 
 def adapt_packed(theta, lr, x, y, dims, steps, loss, act, first_order):
     """Unrolled inner SGD on packed parameters (``lr`` ``[P]`` or ``[T, P]``): ``theta_K`` ``[T, P]``."""
+    return adapt_packed_path(theta, lr, x, y, dims, steps, loss, act, first_order, per_step=False)[-1]
+
+
+def adapt_packed_path(theta, lr, x, y, dims, steps, loss, act, first_order, per_step=False):
+    """Every parameter vector of the unrolled inner loop, ``[theta_0, ..., theta_K]``
+    (each ``[T, P]``). ``lr``: ``[P]`` or ``[T, P]`` (one rate for every step), or, with
+    ``per_step=True``, ``[K, P]``: row k is step k's rate."""
     th = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
     th = th * 1
     loss, act = _name(loss, LOSS_CODES), _name(act, ACT_CODES)
-    for _ in range(steps):
+    path = [th]
+    for k in range(steps):
         L = task_losses(unpack(th, dims, x.shape[0]), x, y, loss, act)
         (g,) = torch.autograd.grad(L, th, create_graph=not first_order)
         if first_order:
             g = g.detach()
-        th = th - lr * g
-    return th
+        th = th - (lr[k] if per_step else lr) * g
+        path.append(th)
+    return path
+
+
+def maml_losses_packed(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, step_weights=None,
+                       per_step=False):
+    """Per-task MAML objective ``[T]`` on packed parameters: the query loss at
+    ``theta_K``, or with ``step_weights`` ``w`` ``[K]`` the multi-step loss
+    ``sum_{k=1..K} w[k-1] * L_q(theta_k)``. ``lr`` as :func:`adapt_packed_path`."""
+    path = adapt_packed_path(theta, lr, xs, ys, dims, steps, loss, act, first_order, per_step)
+    T = xs.shape[0]
+    loss_n, act_n = _name(loss, LOSS_CODES), _name(act, ACT_CODES)
+
+    def per_task(th):
+        out = mlp(unpack(th, dims, T), xq, act_n)
+        if loss_n == "mse":
+            return ((out - yq) ** 2).mean(dim=(1, 2))
+        O = out.shape[-1]
+        return F.cross_entropy(out.reshape(-1, O), yq.reshape(-1), reduction="none").view(T, -1).mean(1)
+
+    if step_weights is None:
+        return per_task(path[-1])
+    return sum(step_weights[k - 1] * per_task(path[k]) for k in range(1, steps + 1))
 
 
 # Any model, written out as a function ``fn(params, x)`` of one task's points (no
