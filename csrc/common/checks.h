@@ -24,6 +24,9 @@ struct Problem {
   int64_t D = 0;  // d_0
   int64_t O = 0;  // d_L
   bool shared_theta = false;
+  // lr is [K, P] (row k is inner step k's rate) rather than [P] (every step's); the
+  // per-task rate gradient then keeps the step axis, [T, K, P].
+  bool lr_per_step = false;
 };
 
 inline void check_float(const char* op, const char* name, const at::Tensor& t) {
@@ -132,7 +135,15 @@ inline Problem check_adapt(const char* op, const at::Tensor& theta, const at::Te
   TORCH_CHECK(pr.N >= 1, op, ": x must hold at least one point per task (N >= 1), got shape ", x.sizes());
   check_float(op, "lr", lr);
   check_same(op, "lr", lr, theta);
-  check_shape(op, "lr", lr, {pr.P});
+  TORCH_CHECK(lr.dim() == 1 || lr.dim() == 2, op, ": lr must be [P] (one rate per parameter for every step) or ",
+              "[K, P] (one row per inner step), got shape ", lr.sizes());
+  if (lr.dim() == 2) {
+    TORCH_CHECK(lr.size(0) == steps, op, ": lr [K, P] needs K == steps = ", steps, ", got shape ", lr.sizes());
+    check_shape(op, "lr", lr, {steps, pr.P});
+  } else {
+    check_shape(op, "lr", lr, {pr.P});
+  }
+  pr.lr_per_step = lr.dim() == 2;
   check_targets(op, "y", y, theta, loss, pr.T, pr.N, pr.O);
   return pr;
 }
@@ -150,6 +161,16 @@ inline Problem check_maml(const char* op, const at::Tensor& theta, const at::Ten
   *Nq = xq.size(1);
   check_targets(op, "yq", yq, theta, loss, pr.T, *Nq, pr.O);
   return pr;
+}
+
+// maml_fwd's optional step_weights: [K] (K == steps >= 1), the dtype and device of theta.
+inline void check_step_weights(const char* op, const c10::optional<at::Tensor>& w, int64_t steps,
+                               const at::Tensor& theta) {
+  if (!w.has_value() || !w->defined()) return;
+  check_float(op, "step_weights", *w);
+  check_same(op, "step_weights", *w, theta);
+  TORCH_CHECK(steps >= 1, op, ": step_weights needs steps >= 1 (one weight per inner step), got steps = ", steps);
+  check_shape(op, "step_weights", *w, {steps});
 }
 
 }  // namespace metakern
