@@ -6,8 +6,8 @@
 from .version import __version__
 from . import backends, functional, tasks
 from .functional import adapt, forward
-from .learners import ANIL, MAML, FastModel, MetaSGD, Reptile
+from .learners import ANIL, MAML, FastModel, MAMLPlusPlus, MetaSGD, Reptile
 from .nn import MLP, Conv4, OmniglotMLP
 
 __all__ = ["__version__", "adapt", "forward", "backends", "functional", "tasks", "MLP", "Conv4", "OmniglotMLP",
-           "MAML", "MetaSGD", "Reptile", "ANIL", "FastModel"]
+           "MAML", "MAMLPlusPlus", "MetaSGD", "Reptile", "ANIL", "FastModel"]

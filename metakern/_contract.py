@@ -134,7 +134,9 @@ class Problem:
     """One validated call of the fused ops, built by ``metakern._validate``.
 
     ``params`` are the model's tensors as given (each shared or, per ``per_task``,
-    with a leading task dimension); ``lr`` the inner rates packed to ``[P]``; the data
+    with a leading task dimension); ``lr`` the inner rates packed to ``[P]`` (or
+    ``[K, P]``, one row per inner step); ``step_weights`` the multi-step loss's ``[K]``
+    weights, ``None`` for the last step's loss alone; the data
     contiguous; ``loss``, ``act``, ``reduction`` the codes above; ``backend`` the name
     of the backend chosen for the call. ``xq``/``yq``/``reduction`` are ``None`` for
     an adaptation without a query set.
@@ -154,3 +156,4 @@ class Problem:
     xq: Tensor = None
     yq: Tensor = None
     reduction: int = None
+    step_weights: Tensor = None

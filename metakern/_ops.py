@@ -46,23 +46,39 @@ from .backends import torch_backend
 # ops, then torch.autograd.grad(create_graph=True). Exact to all orders, on any
 # device; it costs the unrolled graph that the fused path otherwise avoids, and only
 # when a graph of the gradient is asked for.
-def unrolled_adapt(theta, lr, x, y, dims, steps, loss, act, first_order):
-    """``theta_K`` ``[T, P]`` differentiable by autograd (``first_order``: the inner
-    gradients detached, as first-order MAML defines them)."""
+def unrolled_path(theta, lr, x, y, dims, steps, loss, act, first_order):
+    """``[theta_0, ..., theta_K]`` (each ``[T, P]``) differentiable by autograd
+    (``first_order``: the inner gradients detached, as first-order MAML defines them;
+    ``lr`` ``[P]`` or ``[K, P]``)."""
     T = x.shape[0]
     th = theta.unsqueeze(0).expand(T, -1) if theta.dim() == 1 else theta
-    for _ in range(steps):
+    path = [th]
+    for k in range(steps):
         with torch.enable_grad():
             inner = torch_backend.loss_value(torch_backend.mlp_apply(th, x, dims, act), y, loss).sum()
             (g,) = torch.autograd.grad(inner, th, create_graph=not first_order)
-        th = th - lr * (g.detach() if first_order else g)
+        th = th - torch_backend.lr_row(lr, k) * (g.detach() if first_order else g)
+        path.append(th)
+    return path
+
+
+def unrolled_adapt(theta, lr, x, y, dims, steps, loss, act, first_order):
+    """``theta_K`` ``[T, P]`` differentiable by autograd (see :func:`unrolled_path`)."""
+    th = unrolled_path(theta, lr, x, y, dims, steps, loss, act, first_order)[-1]
     return th if steps else th + 0  # a fresh tensor, as the kernels return
 
 
-def unrolled_losses(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order):
-    """Per-task query losses ``[T]`` of the MAML objective, differentiable by autograd."""
-    th = unrolled_adapt(theta, lr, xs, ys, dims, steps, loss, act, first_order)
-    return torch_backend.loss_value(torch_backend.mlp_apply(th, xq, dims, act), yq, loss)
+def unrolled_losses(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, step_weights=None):
+    """Per-task losses ``[T]`` of the MAML objective (with ``step_weights``, the
+    multi-step loss), differentiable by autograd."""
+    path = unrolled_path(theta, lr, xs, ys, dims, steps, loss, act, first_order)
+
+    def query(th):
+        return torch_backend.loss_value(torch_backend.mlp_apply(th, xq, dims, act), yq, loss)
+
+    if step_weights is None:
+        return query(path[-1])
+    return sum(step_weights[k - 1] * query(path[k]) for k in range(1, steps + 1))
 
 
 def grads_with_graph(output, inputs, grad_output, needs):
@@ -91,10 +107,12 @@ def mlp_grads_with_graph(theta, x, dims, act, grad_out, needs):
     return grads_with_graph(torch_backend.mlp_apply(theta, x, dims, act), (theta, x), grad_out, needs[:2])
 
 
-def maml_losses_with_graph(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
+def maml_losses_with_graph(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction,
+                           step_weights=None):
     """The reduced MAML objective of a parameter list, differentiable by autograd."""
     theta = pack_params(params, per_task, xs.shape[0])
-    return reduce_losses(unrolled_losses(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order), reduction)
+    losses = unrolled_losses(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, step_weights)
+    return reduce_losses(losses, reduction)
 
 
 # The C++ node metakern._C.maml_loss calls this op from its backward when
@@ -102,14 +120,14 @@ def maml_losses_with_graph(params, per_task, lr, xs, ys, xq, yq, dims, steps, lo
 _graph_lib = torch.library.Library("metakern_py", "FRAGMENT")
 _graph_lib.define("maml_loss_grads_with_graph(Tensor[] params, Tensor lr, Tensor xs, Tensor ys, Tensor xq, "
                   "Tensor yq, Tensor g_out, int[] dims, int[] per_task, int steps, int loss, int act, "
-                  "bool first_order, int reduction, int[] needs) -> Tensor[]")
+                  "bool first_order, int reduction, int[] needs, Tensor? step_weights=None) -> Tensor[]")
 
 
 def _maml_loss_grads_with_graph(params, lr, xs, ys, xq, yq, g_out, dims, per_task, steps, loss, act, first_order,
-                                reduction, needs):
+                                reduction, needs, step_weights=None):
     per_task = [bool(b) for b in per_task]
     out = maml_losses_with_graph(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order,
-                                 Reduction(reduction))
+                                 Reduction(reduction), step_weights)
     grads = grads_with_graph(out, (lr, *params), g_out, [bool(n) for n in needs])
     return [g_out.new_empty(0) if g is None else g for g in grads]  # Tensor[] holds no None
 
@@ -121,7 +139,7 @@ def reduce_adapt_grads(theta, g_theta, g_lr, g_x, needs):
     """Per-task backward outputs to the inputs' gradients ``(theta, lr, x)``.
 
     Sums over tasks (``sum(0)``, deterministic) where ``theta`` was shared; ``lr`` is
-    always shared. Entries whose input needs no gradient are ``None``.
+    always shared (``[T, P]`` or ``[T, K, P]`` per task to ``[P]`` or ``[K, P]``). Entries whose input needs no gradient are ``None``.
     """
     if theta.dim() == 1:
         g_theta = g_theta.sum(0)
@@ -156,7 +174,7 @@ def adapt_backward(grad: Tensor, theta: Tensor, lr: Tensor, x: Tensor, y: Tensor
 
 @adapt_backward.register_fake
 def _(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x, backend):
-    return grad.new_empty(grad.shape), grad.new_empty(grad.shape), x.new_empty(x.shape)
+    return grad.new_empty(grad.shape), grad.new_empty((grad.shape[0], *lr.shape)), x.new_empty(x.shape)
 
 
 def _adapt_setup(ctx, inputs, output):
@@ -267,13 +285,13 @@ class _MamlFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, lr, xs, ys, xq, yq, *params):
-        dims, per_task, steps, loss, act, first_order, backend, reduction = spec
+        dims, per_task, steps, loss, act, first_order, backend, reduction, step_weights = spec
         T = xs.shape[0]
         need_lr = bool(ctx.needs_input_grad[1])
         need = need_lr or any(ctx.needs_input_grad[6:])
         theta = pack_params(params, per_task, T)
         losses, g_theta, g_lr = _backends.get(backend).maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act,
-                                                                first_order, need, need_lr)
+                                                                first_order, need, need_lr, step_weights)
         # the inputs too, for a backward with create_graph=True (references, no copies)
         ctx.save_for_backward(g_theta, g_lr, lr, xs, ys, xq, yq, *params)
         ctx.spec, ctx.shapes = spec, [p.shape for p in params]
@@ -283,16 +301,16 @@ class _MamlFn(torch.autograd.Function):
     def backward(ctx, g_out):
         if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
             _, _, lr, xs, ys, xq, yq, *params = ctx.saved_tensors
-            dims, per_task, steps, loss, act, first_order, _, reduction = ctx.spec
+            dims, per_task, steps, loss, act, first_order, _, reduction, step_weights = ctx.spec
             out = maml_losses_with_graph(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order,
-                                         reduction)
+                                         reduction, step_weights)
             grads = grads_with_graph(out, (lr, *params), g_out, (ctx.needs_input_grad[1], *ctx.needs_input_grad[6:]))
             return (None, grads[0]) + (None,) * 4 + grads[1:]
         g_theta, g_lr = ctx.saved_tensors[:2]
-        dims, per_task, _, _, _, _, _, reduction = ctx.spec
+        dims, per_task, _, _, _, _, _, reduction, _ = ctx.spec
         T = g_theta.shape[0]
         w = g_out if reduction == Reduction.NONE else (g_out / T if reduction == Reduction.MEAN else g_out).expand(T)
-        g_lr_in = w @ g_lr if ctx.needs_input_grad[1] else None
+        g_lr_in = (w @ g_lr.flatten(1)).view(g_lr.shape[1:]) if ctx.needs_input_grad[1] else None
         needs = ctx.needs_input_grad[6:]
         if not any(needs):
             return (None, g_lr_in) + (None,) * (4 + len(needs))
@@ -307,26 +325,41 @@ class _MamlFn(torch.autograd.Function):
         return (None, g_lr_in) + (None,) * 4 + tuple(g if n else None for g, n in zip(grads, needs))
 
 
-def maml_op(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend, reduction):
-    """The MAML objective (per-task query losses after ``steps`` inner steps, reduced
+def maml_op(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, backend, reduction,
+            step_weights=None):
+    """The MAML objective (per-task query losses after ``steps`` inner steps, or with
+    ``step_weights`` ``w`` the multi-step loss ``sum_k w[k-1] L_q(theta_k)``, reduced
     over tasks by ``reduction``), differentiable w.r.t. ``params``, ``lr`` and
     (composed path) ``xs`` / ``xq``.
 
     Takes the backend's fused ``maml_fwd`` in eager mode when it has one and no input
     batch needs a gradient (differentiated by the backend's C++ node ``maml_loss``
     where it has one, else by :class:`_MamlFn`); otherwise composes :func:`adapt_op`
-    and :func:`mlp_op` (also under ``torch.compile``, where those are registered ops).
+    and :func:`mlp_op` (also under ``torch.compile``, where those are registered ops):
+    one adaptation of ``steps`` steps, or, for the multi-step loss, one single-step
+    adaptation per inner step with the query loss after each.
     """
     b = _backends.get(backend)
     fused = b.maml_fwd is not None and not is_compiling()
     if fused and not (torch.is_grad_enabled() and (xs.requires_grad or xq.requires_grad)):
         if b.maml_loss is not None:  # the same node, in C++
-            return b.maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction)
-        spec = (tuple(dims), tuple(per_task), steps, loss, act, first_order, backend, reduction)
+            return b.maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction,
+                               step_weights)
+        spec = (tuple(dims), tuple(per_task), steps, loss, act, first_order, backend, reduction, step_weights)
         return _MamlFn.apply(spec, lr, xs, ys, xq, yq, *params)
     theta = pack_params(params, per_task, xs.shape[0])
-    thetaK = adapt_op(theta, lr, xs, ys, list(dims), steps, loss, act, first_order, backend)
-    losses = torch_backend.loss_value(mlp_op(thetaK, xq, list(dims), act, backend), yq, loss)
+
+    def query(th):
+        return torch_backend.loss_value(mlp_op(th, xq, list(dims), act, backend), yq, loss)
+
+    if step_weights is None:
+        losses = query(adapt_op(theta, lr, xs, ys, list(dims), steps, loss, act, first_order, backend))
+    else:
+        losses, th = 0, theta
+        for k in range(steps):
+            rate = lr if lr.dim() == 1 else lr[k].contiguous()
+            th = adapt_op(th, rate, xs, ys, list(dims), 1, loss, act, first_order, backend)
+            losses = losses + step_weights[k] * query(th)
     return reduce_losses(losses, reduction)
 
 
@@ -356,7 +389,7 @@ def adapt(p: Problem) -> Tensor:
 def meta_loss(p: Problem) -> Tensor:
     """The MAML objective of a validated problem with a query set."""
     return maml_op(p.params, p.per_task, p.lr, p.xs, p.ys, p.xq, p.yq, p.dims, p.steps, p.loss, p.act,
-                   p.first_order, p.backend, p.reduction)
+                   p.first_order, p.backend, p.reduction, p.step_weights)
 
 
 def forward(theta: Tensor, x: Tensor, dims, act: int, backend: str) -> Tensor:
@@ -375,7 +408,7 @@ def _register_compiled_ops():
 
     @torch.library.register_fake("metakern::adapt_bwd")
     def _(grad, theta, lr, x, y, dims, steps, loss, act, first_order, need_x):
-        return grad.new_empty(grad.shape), grad.new_empty(grad.shape), x.new_empty(x.shape)
+        return grad.new_empty(grad.shape), grad.new_empty((grad.shape[0], *lr.shape)), x.new_empty(x.shape)
 
     @torch.library.register_fake("metakern::mlp_fwd")
     def _(theta, x, dims, act):
@@ -386,11 +419,10 @@ def _register_compiled_ops():
         return x.new_empty((x.shape[0], theta.shape[-1])), x.new_empty(x.shape)
 
     @torch.library.register_fake("metakern::maml_fwd")
-    def _(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
+    def _(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True, step_weights=None):
         n = xs.shape[0] if need_grad else 0
-        n_lr = n if need_lr else 0
-        return theta.new_empty((xs.shape[0],)), theta.new_empty((n, theta.shape[-1])), theta.new_empty(
-            (n_lr, theta.shape[-1]))
+        g_lr_shape = (n, *lr.shape) if need_grad and need_lr else (0, theta.shape[-1])
+        return theta.new_empty((xs.shape[0],)), theta.new_empty((n, theta.shape[-1])), theta.new_empty(g_lr_shape)
 
     def adapt_setup(ctx, inputs, output):
         theta, lr, x, y, dims, steps, loss, act = inputs

@@ -275,17 +275,23 @@ def _filled(value: float, P: int, dtype, device) -> Tensor:
     return torch.full((P,), value, dtype=dtype, device=device)
 
 
-def pack_lr(lr: LrLike, dims, ref: Tensor) -> Tensor:
-    """One inner learning rate per packed parameter element, ``[P]`` contiguous.
+def pack_lr(lr: LrLike, dims, ref: Tensor, steps: int = None) -> Tensor:
+    """The inner learning rates packed: ``[P]`` (one rate per parameter element, the
+    same at every step) or ``[K, P]`` (row k: inner step k's rates), contiguous.
 
     ``lr``: a float; a 0-dim tensor (learnable, or a fixed rate that may change in
     place: a CPU one is read at each call, and its packed copy reused while its value
-    stays); or a list of one tensor (or 0-dim / float) per parameter (Meta-SGD).
+    stays); a 1-D ``[K]`` tensor (one rate per inner step, ``K == steps``); or a list
+    with one entry per parameter, each a float or 0-dim tensor (one rate for the
+    tensor), a tensor of the parameter's shape (Meta-SGD), a ``[K]`` tensor (one rate
+    per step for the tensor: MAML++'s LSLR) or a ``[K, *shape]`` tensor (per step and
+    per element). A ``[K]`` entry for a parameter whose own shape is ``(K,)`` reads as
+    the parameter's shape (Meta-SGD); give it as ``[K, K]`` for per-step rates.
     """
     P = num_params(dims)
     if isinstance(lr, bool) or (not isinstance(lr, (numbers.Real, Tensor, list, tuple))):
-        raise TypeError("lr must be a float, a 0-dim tensor, or a list with one tensor per parameter, "
-                        f"got {type(lr).__name__}")
+        raise TypeError("lr must be a float, a 0-dim tensor, a [K] tensor (one rate per step), or a list with "
+                        f"one tensor per parameter, got {type(lr).__name__}")
     # the cached copy is made outside inference mode, so autograd may save it
     fresh = is_compiling() or torch.is_inference_mode_enabled()
     if isinstance(lr, numbers.Real):
@@ -295,9 +301,14 @@ def pack_lr(lr: LrLike, dims, ref: Tensor) -> Tensor:
             return torch.full((P,), float(lr), dtype=ref.dtype, device=ref.device)
         return _filled(float(lr), P, ref.dtype, ref.device)
     if isinstance(lr, Tensor):
+        if lr.dim() == 1:
+            _check_lr_tensor(lr, "lr", ref)
+            _check_steps_axis(lr, "lr", steps, "[K] (one rate per inner step)")
+            return lr.to(ref.dtype).unsqueeze(1).expand(lr.shape[0], P).contiguous()
         if lr.dim() != 0:
-            raise ValueError(f"a tensor lr must be 0-dim (one rate for all parameters), got shape {tuple(lr.shape)}; "
-                             "pass a list with one tensor per parameter for per-parameter rates (Meta-SGD)")
+            raise ValueError(f"a tensor lr must be 0-dim (one rate for all parameters) or [K] with K = steps (one "
+                             f"rate per inner step), got shape {tuple(lr.shape)}; pass a list with one tensor per "
+                             "parameter for per-parameter rates (Meta-SGD, LSLR)")
         _check_lr_tensor(lr, "lr", ref)
         if not fresh and not lr.requires_grad and lr.device.type == "cpu" and ref.device.type == "cpu":
             # reading a CPU tensor is free; on a GPU it would be a sync
@@ -306,7 +317,7 @@ def pack_lr(lr: LrLike, dims, ref: Tensor) -> Tensor:
     shapes = param_shapes(dims)
     if len(lr) != len(shapes):
         raise ValueError(f"lr as a list needs one tensor per parameter ({len(shapes)}), got {len(lr)}")
-    parts = []
+    parts, per_step = [], False  # parts: (tensor, has a leading step axis)
     for i, (l, s) in enumerate(zip(lr, shapes)):
         name = f"lr[{i}]"
         if isinstance(l, numbers.Real) and not isinstance(l, bool):
@@ -315,13 +326,59 @@ def pack_lr(lr: LrLike, dims, ref: Tensor) -> Tensor:
             raise TypeError(f"{name} must be a tensor, got {type(l).__name__}")
         _check_lr_tensor(l, name, ref)
         l = l.to(ref.dtype)
+        n = math.prod(s)
         if tuple(l.shape) == s:
-            parts.append(l.reshape(-1))
+            parts.append((l.reshape(-1), False))
         elif l.dim() == 0:
-            parts.append(l.reshape(1).expand(math.prod(s)))
+            parts.append((l.reshape(1).expand(n), False))
+        elif l.dim() == 1:
+            _check_steps_axis(l, name, steps, f"[K] (one rate per inner step), or its parameter's shape {s}")
+            parts.append((l.unsqueeze(1).expand(l.shape[0], n), True))
+        elif tuple(l.shape[1:]) == s:
+            _check_steps_axis(l, name, steps, f"[K, *{s}] (per step and element)")
+            parts.append((l.reshape(l.shape[0], n), True))
         else:
-            raise ValueError(f"{name} must have its parameter's shape {s} (or be 0-dim), got {tuple(l.shape)}")
-    return torch.cat(parts)
+            raise ValueError(f"{name} must have its parameter's shape {s}, be 0-dim, [K] or [K, *{s}] with "
+                             f"K = steps, got {tuple(l.shape)}")
+        per_step = per_step or parts[-1][1]
+    if not per_step:
+        return torch.cat([t for t, _ in parts])
+    return torch.cat([t if stepped else t.unsqueeze(0).expand(steps, -1) for t, stepped in parts], dim=1)
+
+
+def _check_steps_axis(l: Tensor, name: str, steps, form: str):
+    if steps is None:
+        raise ValueError(f"{name} of shape {tuple(l.shape)} has a step axis, which needs the number of steps")
+    if l.shape[0] != steps:
+        raise ValueError(f"{name} as {form} needs K = steps = {steps} rows, got shape {tuple(l.shape)}")
+
+
+def check_step_weights(step_weights, steps: int, ref: Tensor):
+    """The multi-step loss's weights ``[K]`` (``K == steps >= 1``) as a tensor of
+    ``ref``'s dtype and device, or ``None``. A list or tuple of floats, or a 1-D
+    tensor; finite; a constant (no gradient: MAML++ schedules them)."""
+    if step_weights is None:
+        return None
+    if isinstance(step_weights, (list, tuple)):
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in step_weights):
+            raise TypeError("step_weights as a list must hold floats")
+        step_weights = torch.tensor([float(v) for v in step_weights], dtype=ref.dtype, device=ref.device)
+    if not isinstance(step_weights, Tensor):
+        raise TypeError(f"step_weights must be a [K] tensor or a list of K floats, got {type(step_weights).__name__}")
+    if not step_weights.is_floating_point():
+        raise TypeError(f"step_weights must be a floating-point tensor, got {step_weights.dtype}")
+    if step_weights.requires_grad and torch.is_grad_enabled():
+        raise ValueError("step_weights must not require a gradient (the multi-step loss takes them as constants); "
+                         "pass step_weights.detach()")
+    if steps < 1:
+        raise ValueError(f"step_weights needs steps >= 1 (one weight per inner step), got steps = {steps}")
+    if step_weights.shape != (steps,):
+        raise ValueError(f"step_weights must be [K] with K = steps = {steps}, got shape {tuple(step_weights.shape)}")
+    if step_weights.device != ref.device:
+        raise ValueError(f"step_weights is on {step_weights.device} but xs is on {ref.device}; move it to xs's device")
+    if step_weights.device.type == "cpu" and not bool(torch.isfinite(step_weights).all()):
+        raise ValueError("step_weights must be finite")
+    return step_weights.detach().to(ref.dtype).contiguous()
 
 
 # ----------------------------------------------------------------------- problems
@@ -340,14 +397,14 @@ def adapt_problem(params, x, y, *, lr: LrLike, steps, loss, activation, first_or
     loss_c, act_c, steps = check_options(loss, activation, steps, first_order, backend)
     check_y(y, x, loss_c, dims[-1])
     check_no_target_grad(y, "y")
-    lr_p = pack_lr(lr, dims, x)
+    lr_p = pack_lr(lr, dims, x, steps)
     name = select_backend(backend, x, dims, x.shape[1], steps)
     return Problem(tuple(params), per_task, dims, lr_p, x.contiguous(), y.contiguous(), steps, loss_c, act_c,
                    first_order, name)
 
 
 def maml_problem(params, xs, ys, xq, yq, *, lr: LrLike, steps, loss, activation, first_order, backend,
-                 reduction, where: str = "params") -> Problem:
+                 reduction, where: str = "params", step_weights=None) -> Problem:
     """A validated MAML objective: adapt on ``(xs, ys)``, loss on ``(xq, yq)``, reduced over tasks."""
     check_x(xs, "xs")
     check_query(xq, xs)
@@ -358,10 +415,11 @@ def maml_problem(params, xs, ys, xq, yq, *, lr: LrLike, steps, loss, activation,
     check_y(yq, xq, loss_c, dims[-1], "yq", "xq")
     check_no_target_grad(ys, "ys")
     check_no_target_grad(yq, "yq")
-    lr_p = pack_lr(lr, dims, xs)
+    lr_p = pack_lr(lr, dims, xs, steps)
+    w = check_step_weights(step_weights, steps, xs)
     name = select_backend(backend, xs, dims, max(xs.shape[1], xq.shape[1]), steps)
     return Problem(tuple(params), per_task, dims, lr_p, xs.contiguous(), ys.contiguous(), steps, loss_c, act_c,
-                   first_order, name, xq.contiguous(), yq.contiguous(), red)
+                   first_order, name, xq.contiguous(), yq.contiguous(), red, w)
 
 
 def check_reduction(reduction) -> int:

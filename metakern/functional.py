@@ -34,8 +34,14 @@ def adapt(params: Sequence[Tensor], x: Tensor, y: Tensor, *, lr: LrLike, steps: 
         x: ``[T, N, D]`` support inputs.
         y: ``[T, N, O]`` float targets (``loss="mse"``) or ``[T, N]`` int64 class
             indices (``loss="cross_entropy"``).
-        lr: inner learning rate: a float; a 0-dim tensor (learnable); or a list of
-            one tensor per parameter with that parameter's shared shape (Meta-SGD).
+        lr: inner learning rates, learnable when given as tensors: a float; a 0-dim
+            tensor; a ``[K]`` tensor (one rate per inner step, ``K == steps``); or a
+            list with one entry per parameter, each a float or 0-dim tensor (one
+            rate for that tensor), a tensor of the parameter's shared shape
+            (Meta-SGD), a ``[K]`` tensor (one rate per tensor and step: MAML++'s
+            LSLR) or a ``[K, *shape]`` tensor (per step and element). A ``[K]``
+            entry for a parameter whose shape is itself ``(K,)`` is read as that
+            shape (Meta-SGD); pass ``[K, K]`` for per-step rates there.
         steps: number of inner steps ``K >= 0``.
         loss: ``"mse"`` or ``"cross_entropy"``, the per-task mean over its points.
         activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"identity"``, between
@@ -56,7 +62,7 @@ def adapt(params: Sequence[Tensor], x: Tensor, y: Tensor, *, lr: LrLike, steps: 
 
 def meta_loss(params: Sequence[Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, *, lr: LrLike,
               steps: int = 1, loss: str = "mse", activation: str = "relu", first_order: bool = False,
-              backend: str = "auto", reduction: str = "mean") -> Tensor:
+              backend: str = "auto", reduction: str = "mean", step_weights=None) -> Tensor:
     """The MAML objective: adapt on the support set, evaluate on the query set.
 
     Equal to ``loss(forward(adapt(params, xs, ys, ...), xq), yq)`` per task, reduced
@@ -68,6 +74,13 @@ def meta_loss(params: Sequence[Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: 
     :func:`adapt` and :func:`forward`. Arguments as :func:`adapt`; ``xq`` is
     ``[T, Nq, D]`` and ``yq`` its targets.
 
+    ``step_weights`` (MAML++'s multi-step loss): ``None`` (the default) for the query
+    loss after the last step alone, or ``K`` weights (a ``[K]`` tensor or a list of
+    floats, constants) for ``sum_{k=1..K} w[k-1] * L_query(theta_k)`` per task, the
+    query loss after every inner step weighted; its exact meta-gradient comes from
+    the same single walk of the inner loop on ``cpp`` and ``torch`` (the other
+    backends compose one single-step adaptation per step).
+
     >>> import torch, metakern.functional as MF
     >>> params = [torch.randn(40, 1), torch.zeros(40), torch.randn(1, 40) * 0.1, torch.zeros(1)]
     >>> xs, ys, xq, yq = torch.randn(4, 5, 1), torch.randn(4, 5, 1), torch.randn(4, 7, 1), torch.randn(4, 7, 1)
@@ -75,7 +88,7 @@ def meta_loss(params: Sequence[Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: 
     torch.Size([4])
     """
     p = V.maml_problem(params, xs, ys, xq, yq, lr=lr, steps=steps, loss=loss, activation=activation,
-                       first_order=first_order, backend=backend, reduction=reduction)
+                       first_order=first_order, backend=backend, reduction=reduction, step_weights=step_weights)
     return _ops.meta_loss(p)
 
 

@@ -176,12 +176,20 @@ def forward_tasks(module: nn.Module, x: Tensor) -> Tensor:
         return torch.stack([bind(params, x[t]) for t in range(x.shape[0])])
 
 
+def _rate(lr: Tensor, k: int, per_step: bool) -> Tensor:
+    """Step ``k``'s rate of one parameter: row ``k`` of a per-step rate (leading ``[K]`` axis)."""
+    return lr[k] if per_step else lr
+
+
 def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *, steps: int,
-          loss: str, first_order: bool) -> Dict[str, Tensor]:
+          loss: str, first_order: bool, per_step: bool = False, all_steps: bool = False):
     """Adapted parameters ``{name: [T, *shape]}`` after ``steps`` inner SGD steps per task.
 
     ``params`` are shared (no task dimension), named as ``module.named_parameters()``
-    names them; ``lrs[name]`` is a 0-dim tensor or a tensor of that parameter's shape.
+    names them; ``lrs[name]`` is a 0-dim tensor or a tensor of that parameter's shape,
+    or with ``per_step`` the same with a leading ``[K]`` axis (row k: step k's rate).
+    ``all_steps``: a list of the adapted parameters after every step, ``[theta_1, ...,
+    theta_K]``, instead of ``theta_K`` alone (the multi-step loss needs them).
     """
     # y is an input of the vmapped function and torch.func's grad composes with the
     # outer autograd, so targets that require a gradient get the exact one, through
@@ -194,12 +202,15 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], 
             def inner_loss(p):
                 return task_loss(call(p, xt), yt, loss)
 
-            p = params
-            for _ in range(steps):
+            p, path = params, []
+            for k in range(steps):
                 g = grad(inner_loss)(p)
                 if first_order:
                     g = {n: v.detach() for n, v in g.items()}
-                p = {n: p[n] - lrs[n] * g[n] for n in p}
+                p = {n: p[n] - _rate(lrs[n], k, per_step) * g[n] for n in p}
+                path.append(p)
+            if all_steps:
+                return path
             # A fresh tensor per task even for steps == 0 (vmap needs batched outputs).
             return {n: v + torch.zeros_like(xt.reshape(-1)[:1]).sum() for n, v in p.items()}
 
@@ -207,7 +218,7 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], 
 
 
 def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *,
-               steps: int, loss: str, first_order: bool) -> Dict[str, Tensor]:
+               steps: int, loss: str, first_order: bool, per_step: bool = False, all_steps: bool = False):
     """Same result as :func:`adapt`, one task at a time with ``torch.autograd.grad``.
 
     Under ``torch.inference_mode()`` the inner loop, which needs autograd, runs outside
@@ -216,23 +227,28 @@ def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tens
     if torch.is_inference_mode_enabled():
         with torch.inference_mode(False), torch.no_grad():
             x, y = x.clone(), y.clone()
-            return adapt_loop(module, params, lrs, x, y, steps=steps, loss=loss, first_order=first_order)
+            return adapt_loop(module, params, lrs, x, y, steps=steps, loss=loss, first_order=first_order,
+                              per_step=per_step, all_steps=all_steps)
     names = list(params)
     per_task = []
     need_graph = torch.is_grad_enabled()
     with lock(module):
         call = _Binding(module)
         for t in range(x.shape[0]):
-            p = [params[n] for n in names]
-            for _ in range(steps):
+            p, path = [params[n] for n in names], []
+            for k in range(steps):
                 with torch.enable_grad():
                     q = [v if v.requires_grad else v.detach().requires_grad_() for v in p]
                     out = task_loss(call(dict(zip(names, q)), x[t]), y[t], loss)
                     gs = torch.autograd.grad(out, q, create_graph=need_graph and not first_order)
                 if not need_graph:
                     q = [v.detach() for v in q]
-                p = [a - lrs[n] * (g.detach() if first_order else g) for n, a, g in zip(names, q, gs)]
-            per_task.append(p)
+                p = [a - _rate(lrs[n], k, per_step) * (g.detach() if first_order else g)
+                     for n, a, g in zip(names, q, gs)]
+                path.append(p)
+            per_task.append(path if all_steps else p)
+    if all_steps:
+        return [{n: torch.stack([pt[k][i] for pt in per_task]) for i, n in enumerate(names)} for k in range(steps)]
     return {n: torch.stack([pt[i] for pt in per_task]) for i, n in enumerate(names)}
 
 

@@ -37,21 +37,30 @@ class InnerRate:
       ``.to()``; changing it in place is seen by the next call);
     * ``"learned"``: one rate, the parameter ``learner.lr``;
     * ``"per_param"``: one rate per parameter element (Meta-SGD), the parameters
-      ``learner.lrs[i]`` shaped like the model's parameters.
+      ``learner.lrs[i]`` shaped like the model's parameters;
+    * ``"per_step"``: one rate per parameter tensor and inner step (MAML++'s LSLR), the
+      parameters ``learner.lrs[i]`` of shape ``[K]`` (``K = learner.steps``).
     """
 
-    KINDS = ("fixed", "learned", "per_param")
+    KINDS = ("fixed", "learned", "per_param", "per_step")
 
     def __init__(self, kind: str):
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
         self.kind = kind
 
+    @property
+    def per_step(self) -> bool:
+        return self.kind == "per_step"
+
     def create(self, learner: nn.Module, model: nn.Module, lr: float):
         """Register the rate tensors on ``learner``, initialised to ``lr``."""
         ref = next(iter(model.parameters()))
         dt = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
-        if self.kind == "per_param":
+        if self.kind == "per_step":
+            learner.lrs = nn.ParameterList([nn.Parameter(torch.full((learner.steps,), lr, dtype=p.dtype,
+                                                                    device=p.device)) for p in model.parameters()])
+        elif self.kind == "per_param":
             learner.lrs = nn.ParameterList([nn.Parameter(torch.full_like(p, lr)) for p in model.parameters()])
         elif self.kind == "learned":
             learner.lr = nn.Parameter(torch.tensor(lr, dtype=dt, device=ref.device))
@@ -60,11 +69,17 @@ class InnerRate:
 
     def value(self, learner: nn.Module):
         """The rates as the fused calls take them (``lr=``): a 0-dim tensor or a list."""
-        return list(learner.lrs) if self.kind == "per_param" else learner.lr
+        return list(learner.lrs) if self.kind in ("per_param", "per_step") else learner.lr
 
     def per_parameter(self, learner: nn.Module, n: int) -> List[Tensor]:
-        """One rate tensor per model parameter (the generic path)."""
-        return list(learner.lrs) if self.kind == "per_param" else [learner.lr] * n
+        """One rate tensor per model parameter (the generic path; ``[K]`` each for ``"per_step"``)."""
+        return list(learner.lrs) if self.kind in ("per_param", "per_step") else [learner.lr] * n
+
+    def check_steps(self, learner: nn.Module, steps: int):
+        """Per-step rates exist for the learner's own number of steps only."""
+        if self.per_step and steps != learner.steps:
+            raise ValueError(f"steps={steps} differs from the {learner.steps} inner steps this learner has per-step "
+                             f"rates for; leave steps out (or build the learner with steps={steps})")
 
 
 class FastModel(nn.Module):
@@ -192,7 +207,13 @@ class MAML(nn.Module):
     def _options(self, steps, first_order):
         steps = self.steps if steps is None else V.check_int("steps", steps, 0)
         first_order = self.first_order if first_order is None else V.check_bool("first_order", first_order)
+        self._rate.check_steps(self, steps)
         return steps, first_order
+
+    def step_weights(self) -> Optional[Tensor]:
+        """The multi-step loss's weights of ``meta_loss`` (``None``: the last step's query
+        loss alone, as MAML defines it; :class:`MAMLPlusPlus` anneals them)."""
+        return None
 
     def adapt(self, x: Tensor, y: Tensor, steps: Optional[int] = None, first_order: Optional[bool] = None) -> FastModel:
         """Adapt to every task of the batch: ``x`` ``[T, N, ...]``, ``y`` ``[T, N, O]`` or ``[T, N]``.
@@ -231,13 +252,19 @@ class MAML(nn.Module):
         red = V.check_reduction(reduction)
         V.check_batch(xs, ys, "xs", "ys")
         V.check_batch(xq, yq, "xq", "yq")
+        w = self.step_weights()
         if not self.fused:
-            fast = self._adapt_generic(xs, ys, steps, first_order)
-            return reduce_losses(self._query_losses(fast(xq), yq), red)
+            if w is None:
+                fast = self._adapt_generic(xs, ys, steps, first_order)
+                return reduce_losses(self._query_losses(fast(xq), yq), red)
+            w = V.check_step_weights(w, steps, xq if xq.is_floating_point() else xs)
+            path = self._adapt_generic(xs, ys, steps, first_order, all_steps=True)
+            losses = sum(w[k] * self._query_losses(fast(xq), yq) for k, fast in enumerate(path))
+            return reduce_losses(losses, red)
         xs, xq = V.flatten_points(xs, self.dims[0], "xs"), V.flatten_points(xq, self.dims[0], "xq")
         p = V.maml_problem(self._fused_params(), xs, ys, xq, yq, lr=self._rate.value(self), steps=steps,
                            loss=self.loss, activation=self.activation, first_order=first_order,
-                           backend=self.backend, reduction=reduction, where="model parameters")
+                           backend=self.backend, reduction=reduction, where="model parameters", step_weights=w)
         return _ops.meta_loss(p)
 
     def _fused_params(self) -> List[Tensor]:
@@ -251,7 +278,7 @@ class MAML(nn.Module):
         generic.check_targets(pred, yq, self.loss, "yq", "[T, N]")
         return loss_value(pred, yq, LOSSES[self.loss])
 
-    def _adapt_generic(self, x, y, steps, first_order):
+    def _adapt_generic(self, x, y, steps, first_order, all_steps=False):
         if self.loss == "cross_entropy" and y.dtype != torch.int64:
             raise TypeError(f"y for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
         if self.loss == "mse" and not y.is_floating_point():
@@ -265,7 +292,10 @@ class MAML(nn.Module):
         with generic.lock(self.module):
             named = dict(self.module.named_parameters())
             lrs = dict(zip(named, self._rate.per_parameter(self, len(named))))
-            params = fn(self.module, named, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order)
+            params = fn(self.module, named, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order,
+                        per_step=self._rate.per_step, all_steps=all_steps)
+        if all_steps:
+            return [_GenericFast(self.module, p, mode) for p in params]
         return _GenericFast(self.module, params, mode)
 
     def extra_repr(self) -> str:
@@ -289,6 +319,87 @@ class MetaSGD(MAML):
                  loss: str = "mse", backend: str = "auto", generic_mode: str = "auto"):
         super().__init__(model, lr=lr, steps=steps, first_order=first_order, loss=loss, learn_lr=True,
                          backend=backend, generic_mode=generic_mode, rate=InnerRate("per_param"))
+
+
+def msl_weights(epoch: int, steps: int, msl_epochs: int) -> List[float]:
+    """MAML++'s per-step importance weights of the multi-step loss at ``epoch``.
+
+    They start uniform (``1/K``) and move towards the last step over ``msl_epochs``:
+    with ``decay = 1 / K / msl_epochs``, step ``k < K`` weighs
+    ``max(1/K - epoch * decay, 0.03/K)`` and the last step
+    ``min(1/K + epoch * (K - 1) * decay, 1 - (K - 1) * 0.03/K)`` (Antoniou et al., "How
+    to train your MAML", ICLR 2019; ``get_per_step_loss_importance_vector`` in its code).
+    """
+    K = V.check_int("steps", steps, 1)
+    epochs = V.check_int("msl_epochs", msl_epochs, 1)
+    epoch = V.check_int("epoch", epoch, 0)
+    decay, floor = 1.0 / K / epochs, 0.03 / K
+    w = [max(1.0 / K - epoch * decay, floor) for _ in range(K - 1)]
+    return w + [min(1.0 / K + epoch * (K - 1) * decay, 1.0 - (K - 1) * floor)]
+
+
+class MAMLPlusPlus(MAML):
+    """MAML++ (Antoniou, Edwards and Storkey, "How to train your MAML", ICLR 2019): MAML
+    with learned per-layer per-step inner rates (LSLR), the multi-step loss (MSL) and
+    derivative-order annealing (DA), all inside the fused op where the model is on the
+    fused path.
+
+    * LSLR: ``learner.lrs[i]`` is a learnable ``[steps]`` tensor per model parameter,
+      initialised to ``lr``; step k updates parameter i with ``lrs[i][k]``.
+    * MSL: while ``epoch < msl_epochs``, :meth:`meta_loss` is
+      ``sum_k w_k L_query(theta_k)`` with the weights of :func:`msl_weights`; from
+      then on the last step's query loss alone.
+    * DA: first order while ``epoch < first_order_epochs``, then the order of
+      ``first_order`` (second order by default). ``first_order_epochs=0`` turns it off.
+
+    The epoch comes from the training loop: call :meth:`set_epoch` at the start of
+    each epoch (``metakern.train.meta_train`` does, every ``epoch_length``
+    iterations). :meth:`adapt` (evaluation) uses the per-step rates and the order of
+    the current epoch; ``meta_loss(..., steps=)`` must keep the learner's number of
+    steps, which its rates are for. The MAML++ code's defaults are not all stated in
+    the paper; ``msl_epochs=10`` and ``first_order_epochs=50`` follow its Omniglot
+    configuration and the paper's DA description (first order for the first 50
+    epochs). Per-step batch-norm statistics and weights (BNRS, BNWB) are not part of
+    this learner.
+
+    >>> import torch, metakern as mk
+    >>> pp = mk.MAMLPlusPlus(mk.MLP(1, [40, 40], 1), lr=0.01, steps=5, msl_epochs=3, first_order_epochs=1)
+    >>> [tuple(l.shape) for l in pp.lrs][:2]
+    [(5,), (5,)]
+    >>> pp.set_epoch(1)
+    >>> [round(w, 4) for w in pp.step_weights().tolist()]
+    [0.1333, 0.1333, 0.1333, 0.1333, 0.4667]
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 0.01, steps: int = 5, first_order: bool = False,
+                 loss: str = "mse", backend: str = "auto", generic_mode: str = "auto", *, msl_epochs: int = 10,
+                 first_order_epochs: int = 50):
+        V.check_int("steps", steps, 1)
+        super().__init__(model, lr=lr, steps=steps, first_order=first_order, loss=loss, learn_lr=True,
+                         backend=backend, generic_mode=generic_mode, rate=InnerRate("per_step"))
+        self.msl_epochs = V.check_int("msl_epochs", msl_epochs, 0)
+        self.first_order_epochs = V.check_int("first_order_epochs", first_order_epochs, 0)
+        self.final_first_order = first_order
+        self.epoch = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int):
+        """Set the training epoch, which the multi-step loss's weights and the
+        derivative order follow."""
+        self.epoch = V.check_int("epoch", epoch, 0)
+        self.first_order = self.final_first_order or self.epoch < self.first_order_epochs
+
+    def step_weights(self) -> Optional[Tensor]:
+        """The multi-step loss's ``[steps]`` weights at the current epoch, or ``None``
+        once ``epoch >= msl_epochs`` (the last step's loss alone)."""
+        if self.epoch >= self.msl_epochs:
+            return None
+        ref = self.lrs[0]
+        return torch.tensor(msl_weights(self.epoch, self.steps, self.msl_epochs), dtype=ref.dtype, device=ref.device)
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", epoch={self.epoch}, msl_epochs={self.msl_epochs}, "
+                f"first_order_epochs={self.first_order_epochs}")
 
 
 class Reptile(MAML):

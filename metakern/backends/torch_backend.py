@@ -227,16 +227,33 @@ def _per_task(theta: Tensor, T: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------- fused ops
+def lr_row(lr: Tensor, k: int) -> Tensor:
+    """Inner step ``k``'s rates: ``lr`` itself when it is ``[P]`` (every step's), row
+    ``k`` when it is ``[K, P]`` (per-step rates)."""
+    return lr if lr.dim() == 1 else lr[k]
+
+
+def _g_lr_buffer(v: Tensor, lr: Tensor) -> Tensor:
+    """Per-task rate gradient: ``[T, P]`` for ``[P]`` rates, ``[T, K, P]`` for ``[K, P]``."""
+    return v.new_zeros((v.shape[0], *lr.shape))
+
+
+def _g_lr_row(g_lr: Tensor, lr: Tensor, k: int) -> Tensor:
+    return g_lr if lr.dim() == 1 else g_lr[:, k]
+
+
 @torch.no_grad()
 def adapt_fwd(theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dims, steps: int, loss: int, act: int) -> Tensor:
-    """``theta_{k+1} = theta_k - lr * grad L(theta_k)`` for ``k < steps``; returns ``theta_K`` ``[T, P]``."""
+    """``theta_{k+1} = theta_k - lr_k * grad L(theta_k)`` for ``k < steps`` (``lr_k``: see
+    :func:`lr_row`); returns ``theta_K`` ``[T, P]``."""
     T = x.shape[0]
     if steps == 0:
         return _per_task(theta, T).clone(memory_format=torch.contiguous_format)
     th = theta  # shared ([P]) until the first step makes it per task
     for k in range(steps):
         g, _ = task_grad(th, x, y, dims, loss, act)
-        th = torch.addcmul(th, g, lr, value=-1.0) if k == 0 else th.addcmul_(g, lr, value=-1.0)
+        rate = lr_row(lr, k)
+        th = torch.addcmul(th, g, rate, value=-1.0) if k == 0 else th.addcmul_(g, rate, value=-1.0)
     return th
 
 
@@ -245,8 +262,9 @@ def adapt_bwd(grad: Tensor, theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dim
               act: int, first_order: bool, need_x: bool):
     """Reverse pass of ``docs/kernels.md`` with ``v_K = grad``; returns per-task ``(v_0, g_lr, g_x)``.
 
-    For ``k = K-1 .. 0``: ``u = lr * v_{k+1}``; ``g_lr -= g_k * v_{k+1}``; second order:
-    ``v_k = v_{k+1} - H_k u`` and ``g_x -= R{delta_0}``.
+    For ``k = K-1 .. 0``: ``u = lr_k * v_{k+1}``; ``g_lr[k] -= g_k * v_{k+1}`` (one
+    ``[T, P]`` sum over k for ``[P]`` rates, a ``[T, K, P]`` row per step for ``[K, P]``);
+    second order: ``v_k = v_{k+1} - H_k u`` and ``g_x -= R{delta_0}``.
     """
     th = theta  # shared ([P]) theta_0 keeps the one-matrix-product path of the stages
     traj = []  # theta_0 .. theta_{K-1}: parameters only, no activations
@@ -254,15 +272,15 @@ def adapt_bwd(grad: Tensor, theta: Tensor, lr: Tensor, x: Tensor, y: Tensor, dim
         traj.append(th)
         if k < steps - 1:
             g, _ = task_grad(th, x, y, dims, loss, act)
-            th = torch.addcmul(th, g, lr, value=-1.0)
+            th = torch.addcmul(th, g, lr_row(lr, k), value=-1.0)
     v = grad.clone(memory_format=torch.contiguous_format)
-    g_lr = torch.zeros_like(v)
+    g_lr = _g_lr_buffer(v, lr)
     g_x = torch.zeros_like(x)
     for k in range(steps - 1, -1, -1):
         g, cache = task_grad(traj[k], x, y, dims, loss, act)
-        g_lr.addcmul_(g, v, value=-1.0)
+        _g_lr_row(g_lr, lr, k).addcmul_(g, v, value=-1.0)
         if not first_order:
-            hu, r_dx = hvp(cache, v * lr, dims, loss, act, need_x)
+            hu, r_dx = hvp(cache, v * lr_row(lr, k), dims, loss, act, need_x)
             v.sub_(hu)
             if need_x:
                 g_x.sub_(r_dx)
@@ -277,48 +295,74 @@ def loss_value(out: Tensor, y: Tensor, loss: int) -> Tensor:
     return torch.nn.functional.cross_entropy(out.reshape(T * N, O), y.reshape(-1), reduction="none").view(T, N).mean(1)
 
 
+def _query(theta: Tensor, xq: Tensor, yq: Tensor, dims, loss: int, act: int, need_grad: bool):
+    """Per-task query loss ``[T]`` at ``theta`` and, with ``need_grad``, its gradient ``[T, P]``."""
+    Ws, bs = unpack(theta, dims, xq.shape[0])
+    acts, out = mlp_forward(Ws, bs, xq, act)
+    losses = loss_value(out, yq, loss)
+    if not need_grad:
+        return losses, None
+    d_out, _ = loss_grad(out, yq, loss)
+    dWs, dbs, _, _, _ = backprop(Ws, acts, d_out, act, need_x=False)
+    return losses, pack(dWs, dbs)
+
+
 @torch.no_grad()
 def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, dims, steps: int, loss: int,
-             act: int, first_order: bool, need_grad: bool, need_lr: bool = True):
+             act: int, first_order: bool, need_grad: bool, need_lr: bool = True,
+             step_weights: Optional[Tensor] = None):
     """The MAML objective and its gradient in one pass (``metakern::maml_fwd``).
 
     Walks ``theta_0 .. theta_K`` on the support set, evaluates the per-task query
-    loss ``l_t = L_q(theta_K)`` and, when ``need_grad``, runs the reverse pass of
-    :func:`adapt_bwd` from ``v_K = grad L_q(theta_K)``. Unlike ``adapt_fwd`` +
+    loss ``l_t = L_q(theta_K)`` (with ``step_weights`` ``w`` ``[K]``, the multi-step
+    loss ``l_t = sum_{k=1..K} w[k-1] L_q(theta_k)``) and, when ``need_grad``, runs the
+    reverse pass of :func:`adapt_bwd` from ``v_K = w[K-1] grad L_q(theta_K)``, adding
+    ``w[k-1] grad L_q(theta_k)`` to ``v_k`` on the way back. Unlike ``adapt_fwd`` +
     ``adapt_bwd`` the last inner step's activations are not recomputed: its cache is
-    still at hand. Returns ``(losses [T], g_theta [T, P], g_lr [T, P])`` (the two
-    gradients ``[0, P]`` without ``need_grad``; ``g_lr`` is ``[0, P]`` too when
-    ``need_lr`` is false).
+    still at hand. ``lr`` is ``[P]`` or ``[K, P]`` (:func:`lr_row`). Returns
+    ``(losses [T], g_theta [T, P], g_lr)`` with ``g_lr`` ``[T, P]`` or ``[T, K, P]``
+    like ``lr`` (the two gradients ``[0, P]`` without ``need_grad``; ``g_lr`` is
+    ``[0, P]`` too when ``need_lr`` is false).
     """
     T, P = xs.shape[0], theta.shape[-1]
+    w = step_weights
     traj, cache, g = [theta], None, None
-    g_sum, need_lr = None, need_lr and need_grad
+    need_lr = need_lr and need_grad
+    keep_g = need_lr and first_order  # first order: the support gradients are all g_lr needs
+    gs = []
     for k in range(steps):
         g, cache = task_grad(traj[k], xs, ys, dims, loss, act)
-        if need_lr and first_order:
-            g_sum = g if g_sum is None else g_sum.add_(g)
-        traj.append(torch.addcmul(traj[k], g, lr, value=-1.0))
-    Ws, bs = unpack(traj[steps], dims, T)
-    acts, out = mlp_forward(Ws, bs, xq, act)
-    losses = loss_value(out, yq, loss)
+        if keep_g:
+            gs.append(g)
+        traj.append(torch.addcmul(traj[k], g, lr_row(lr, k), value=-1.0))
     none = theta.new_empty((0, P))  # a gradient not asked for
+    losses, v = _query(traj[steps], xq, yq, dims, loss, act, need_grad)
+    if w is not None:
+        losses = losses * w[steps - 1]
+        if need_grad:
+            v.mul_(w[steps - 1])
+        # the earlier steps' query losses; their gradients are added on the way back
+        for k in range(1, steps):
+            losses = losses + w[k - 1] * _query(traj[k], xq, yq, dims, loss, act, False)[0]
     if not need_grad:
         return losses, none, none
-    d_out, _ = loss_grad(out, yq, loss)
-    dWs, dbs, _, _, _ = backprop(Ws, acts, d_out, act, need_x=False)
-    v = pack(dWs, dbs)  # v_K = dl_t/dtheta_K, per task
-    if first_order:
+    if first_order and w is None and lr.dim() == 1:  # v stays v_K: one product for g_lr
         if not need_lr:
             return losses, v, none
-        return losses, v, (-(g_sum * v) if g_sum is not None else torch.zeros_like(v))
-    g_lr = torch.zeros_like(v) if need_lr else none
+        return losses, v, (-(torch.stack(gs).sum(0) * v) if gs else torch.zeros_like(v))
+    g_lr = _g_lr_buffer(v, lr) if need_lr else none
     for k in range(steps - 1, -1, -1):
-        if k < steps - 1:
+        if first_order:
+            g = gs[k] if need_lr else None
+        elif k < steps - 1:
             g, cache = task_grad(traj[k], xs, ys, dims, loss, act)
         if need_lr:
-            g_lr.addcmul_(g, v, value=-1.0)
-        hu, _ = hvp(cache, v * lr, dims, loss, act, False)
-        v.sub_(hu)
+            _g_lr_row(g_lr, lr, k).addcmul_(g, v, value=-1.0)
+        if not first_order:
+            hu, _ = hvp(cache, v * lr_row(lr, k), dims, loss, act, False)
+            v.sub_(hu)
+        if w is not None and k >= 1:
+            v.add_(_query(traj[k], xq, yq, dims, loss, act, True)[1].mul_(w[k - 1]))
     return losses, v, g_lr
 
 
