@@ -50,7 +50,7 @@ def _resolve_defaults(args):
     from metakern.train import inner_defaults
 
     image = args.task in IMAGE_TASKS
-    paper = image and args.algo != "reptile"
+    paper = image and args.algo not in ("reptile", "mamlpp")  # MAML++ keeps its own 5 steps at lr 0.1
     lr0, steps0 = inner_defaults(args.algo)
     if args.shots is None:
         args.shots = 1 if image else 10
@@ -116,7 +116,8 @@ def _make_tasks(args, world):
 
 # what a resumed run must share with the run that wrote the checkpoint
 RESUME_SAME = ("task", "algo", "model", "hidden", "filters", "steps", "inner_lr", "shots", "queries", "ways",
-               "meta_batch", "meta_lr", "dtype", "seed", "characters", "drawings")
+               "meta_batch", "meta_lr", "dtype", "seed", "characters", "drawings", "epoch_length", "msl_epochs",
+               "first_order_epochs")
 
 
 def cmd_train(args) -> int:
@@ -151,9 +152,10 @@ def _train(args, world) -> int:
     device = world.device if world.distributed else torch.device(args.device)
     train_task, val_task, test_task = _make_tasks(args, world)
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else ()
+    schedule = {"msl_epochs": args.msl_epochs, "first_order_epochs": args.first_order_epochs}
     learner = T.build_learner(args.algo, train_task, model=args.model, inner_lr=args.inner_lr, steps=args.steps,
                               backend=args.backend, **({"hidden": hidden} if args.model == "mlp" else
-                                                       {"filters": args.filters}))
+                                                       {"filters": args.filters}), **schedule)
     learner = learner.to(device=device, dtype=dtype)
     baseline = T.untrained_copy(learner)
     g_train = torch.Generator().manual_seed(args.seed)
@@ -201,7 +203,7 @@ def _train(args, world) -> int:
     T.meta_train(learner, train_task, iterations=args.iterations, meta_batch=args.meta_batch, meta_lr=args.meta_lr,
                  generator=g_train, progress=not args.no_progress, device=device, dtype=dtype, timings=timings,
                  optimizer=opt, start=start, checkpoint_every=args.save_every if args.save else 0,
-                 on_checkpoint=checkpoint, world=world, callback=record,
+                 on_checkpoint=checkpoint, world=world, callback=record, epoch_length=args.epoch_length,
                  callback_every=_curve_every(args.iterations, args.val_every))
     done = args.iterations - start
     if done:
@@ -315,7 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "-> batch norm (each task's own batch statistics) -> ReLU -> maxpool 2, then a linear head; "
                         "the generic path, or the fused head for anil); conv4 needs an image task, kanji or "
                         "omniglot (default: %(default)s)")
-    t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="(default: %(default)s)")
+    t.add_argument("--algo", choices=ALGORITHMS, default="maml",
+                   help="mamlpp is MAML++: per-step learned inner rates, the multi-step loss and derivative-order "
+                        "annealing, scheduled by epoch (default: %(default)s)")
+    t.add_argument("--epoch-length", type=int, default=500, metavar="N",
+                   help="--algo mamlpp: meta-iterations per epoch of its schedule (default: %(default)s, the MAML++ "
+                        "code's)")
+    t.add_argument("--msl-epochs", type=int, default=None, metavar="E",
+                   help="--algo mamlpp: epochs over which the multi-step loss anneals to the last step (default: 10)")
+    t.add_argument("--first-order-epochs", type=int, default=None, metavar="E",
+                   help="--algo mamlpp: epochs of first-order meta-gradients before second order (default: 50; 0: "
+                        "second order throughout)")
     t.add_argument("--steps", type=int, default=None,
                    help=f"inner SGD steps (default: the algorithm's own, lr x steps: {own}; {paper} 0.4 x 1)")
     t.add_argument("--test-steps", type=int, default=None,
@@ -410,6 +422,19 @@ def _positive(args, parser, files: bool = True):
             parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
     if args.test_steps is not None and args.test_steps < 0:
         parser.error(f"--test-steps must be >= 0, got {args.test_steps}")
+    if args.epoch_length < 1:
+        parser.error(f"--epoch-length must be >= 1, got {args.epoch_length}")
+    for name in ("msl_epochs", "first_order_epochs"):
+        flag = "--" + name.replace("_", "-")
+        v = getattr(args, name)
+        if v is not None and v < 0:
+            parser.error(f"{flag} must be >= 0, got {v}")
+        if v is not None and args.algo != "mamlpp":
+            parser.error(f"{flag} sets MAML++'s schedule: it needs --algo mamlpp")
+    if args.algo == "mamlpp" and args.test_steps is not None and args.steps is not None \
+            and args.test_steps != args.steps:
+        parser.error(f"--algo mamlpp learns one inner rate per step for its --steps {args.steps}; --test-steps "
+                     f"{args.test_steps} would need rates it does not have: leave --test-steps out")
     if args.save_every < 0:
         parser.error(f"--save-every must be >= 0, got {args.save_every}")
     if args.save_every and not args.save:

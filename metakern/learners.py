@@ -359,8 +359,8 @@ class MAMLPlusPlus(MAML):
     steps, which its rates are for. The MAML++ code's defaults are not all stated in
     the paper; ``msl_epochs=10`` and ``first_order_epochs=50`` follow its Omniglot
     configuration and the paper's DA description (first order for the first 50
-    epochs). Per-step batch-norm statistics and weights (BNRS, BNWB) are not part of
-    this learner.
+    epochs); ``lr=0.1`` and ``steps=5`` are its code's inner rate and steps. Per-step
+    batch-norm statistics and weights (BNRS, BNWB) are not part of this learner.
 
     >>> import torch, metakern as mk
     >>> pp = mk.MAMLPlusPlus(mk.MLP(1, [40, 40], 1), lr=0.01, steps=5, msl_epochs=3, first_order_epochs=1)
@@ -371,7 +371,7 @@ class MAMLPlusPlus(MAML):
     [0.1333, 0.1333, 0.1333, 0.1333, 0.4667]
     """
 
-    def __init__(self, model: nn.Module, lr: float = 0.01, steps: int = 5, first_order: bool = False,
+    def __init__(self, model: nn.Module, lr: float = 0.1, steps: int = 5, first_order: bool = False,
                  loss: str = "mse", backend: str = "auto", generic_mode: str = "auto", *, msl_epochs: int = 10,
                  first_order_epochs: int = 50):
         V.check_int("steps", steps, 1)

@@ -15,13 +15,13 @@ from torch import nn
 
 from ._validate import check_int
 from .distributed import World
-from .learners import ANIL, MAML, MetaSGD, Reptile
+from .learners import ANIL, MAML, MAMLPlusPlus, MetaSGD, Reptile
 from .nn import MLP, Conv4, activation_module
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "anil")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "anil", "mamlpp")
 
 
-_CLASSES = {"maml": MAML, "fomaml": MAML, "metasgd": MetaSGD, "reptile": Reptile, "anil": ANIL}
+_CLASSES = {"maml": MAML, "fomaml": MAML, "metasgd": MetaSGD, "reptile": Reptile, "anil": ANIL, "mamlpp": MAMLPlusPlus}
 
 
 def inner_defaults(algo: str):
@@ -47,7 +47,8 @@ def input_shape(task) -> tuple:
 
 def build_learner(algo: str, task, *, hidden=None, inner_lr: Optional[float] = None,
                   steps: Optional[int] = None, backend: str = "auto", activation: str = "relu",
-                  model: str = "mlp", filters: int = 64) -> nn.Module:
+                  model: str = "mlp", filters: int = 64, msl_epochs: Optional[int] = None,
+                  first_order_epochs: Optional[int] = None) -> nn.Module:
     """The learner for ``algo`` on ``task``, with a model sized by the task.
 
     ``model="mlp"``: an :class:`~metakern.nn.MLP` with hidden widths ``hidden`` (default
@@ -59,12 +60,18 @@ def build_learner(algo: str, task, *, hidden=None, inner_lr: Optional[float] = N
     the generic path, ANIL meta-learns its body and adapts its linear head on the fused
     kernels.
 
-    ``inner_lr`` and ``steps`` default to the algorithm's own (:func:`inner_defaults`).
+    ``inner_lr`` and ``steps`` default to the algorithm's own (:func:`inner_defaults`);
+    ``msl_epochs`` and ``first_order_epochs`` set MAML++'s schedule (``algo="mamlpp"``
+    only; default: :class:`~metakern.learners.MAMLPlusPlus`'s).
     For ANIL with ``model="mlp"`` the hidden layers are the body (each followed by the
     activation) and the head is one ``nn.Linear``; with no hidden layer the body is the
     identity (a flattening for images).
     """
     lr0, steps0 = inner_defaults(algo)
+    mamlpp_kw = {k: v for k, v in (("msl_epochs", msl_epochs), ("first_order_epochs", first_order_epochs))
+                 if v is not None}
+    if mamlpp_kw and algo != "mamlpp":
+        raise ValueError(f"{' and '.join(mamlpp_kw)} set MAML++'s schedule; they need algo='mamlpp', got {algo!r}")
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     inner_lr = lr0 if inner_lr is None else inner_lr
@@ -80,7 +87,7 @@ def build_learner(algo: str, task, *, hidden=None, inner_lr: Optional[float] = N
         net = Conv4(in_channels=shape[0], ways=O, hidden=check_int("filters", filters, 1), image_size=shape[1])
         if algo == "anil":
             return ANIL(net.body, net.head, lr=inner_lr, steps=steps, loss=loss, backend=backend)
-        return _whole_model_learner(algo, net, inner_lr, steps, loss, backend)
+        return _whole_model_learner(algo, net, inner_lr, steps, loss, backend, mamlpp_kw)
     hidden = (40, 40) if hidden is None else tuple(hidden)
     D = math.prod(shape)
     flat = [nn.Flatten()] if len(shape) > 1 else []  # ANIL's body gets batches of points [N, *shape]
@@ -92,10 +99,13 @@ def build_learner(algo: str, task, *, hidden=None, inner_lr: Optional[float] = N
         else:
             body, feat = (flat[0] if flat else nn.Identity()), D
         return ANIL(body, nn.Linear(feat, O), lr=inner_lr, steps=steps, loss=loss, backend=backend)
-    return _whole_model_learner(algo, MLP(D, list(hidden), O, activation=activation), inner_lr, steps, loss, backend)
+    return _whole_model_learner(algo, MLP(D, list(hidden), O, activation=activation), inner_lr, steps, loss, backend,
+                                mamlpp_kw)
 
 
-def _whole_model_learner(algo, model, inner_lr, steps, loss, backend):
+def _whole_model_learner(algo, model, inner_lr, steps, loss, backend, mamlpp_kw=None):
+    if algo == "mamlpp":
+        return MAMLPlusPlus(model, lr=inner_lr, steps=steps, loss=loss, backend=backend, **(mamlpp_kw or {}))
     if algo == "metasgd":
         return MetaSGD(model, lr=inner_lr, steps=steps, loss=loss, backend=backend)
     if algo == "reptile":
@@ -130,7 +140,8 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
                generator: Optional[torch.Generator] = None, progress: bool = True, device=None, dtype=torch.float32,
                log_every: int = 100, timings: Optional[dict] = None, optimizer: Optional[torch.optim.Optimizer] = None,
                start: int = 0, checkpoint_every: int = 0, on_checkpoint: Optional[Callable] = None,
-               world: Optional[World] = None, callback_every: int = 0, callback: Optional[Callable] = None):
+               world: Optional[World] = None, callback_every: int = 0, callback: Optional[Callable] = None,
+               epoch_length: int = 500):
     """Meta-train ``learner`` with Adam on batches of ``meta_batch`` tasks; returns the loss history.
 
     ``timings``, when given, receives ``"first_s"`` (the first iteration: start-up,
@@ -151,6 +162,11 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
     holds what it recorded. ``timings`` leave its time out and, with a callback, hold
     it as ``"callback_s"``.
 
+    A learner with a schedule by epoch (``set_epoch``: :class:`~metakern.MAMLPlusPlus`)
+    gets ``set_epoch(i // epoch_length)`` before iteration ``i`` (0-based), so a resumed
+    run continues the schedule where it was; 500 iterations an epoch is the MAML++
+    code's setting.
+
     ``world`` (a :class:`metakern.distributed.World`) trains across its processes:
     every rank draws the global batch of ``meta_batch`` tasks from ``generator`` (which
     must be seeded the same on every rank) and the DDP-wrapped objective takes its
@@ -160,6 +176,8 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
     world = world or World()
     check_int("iterations", iterations, 0)
     check_int("callback_every", callback_every, 0)
+    check_int("epoch_length", epoch_length, 1)
+    set_epoch = getattr(learner, "set_epoch", None)
     start = check_int("start", start, 0)
     if start > iterations:
         raise ValueError(f"start ({start} iterations done) must be <= iterations ({iterations}); ask for more "
@@ -187,6 +205,8 @@ def meta_train(learner, task, *, iterations: int, meta_batch: int = 25, meta_lr:
     for it in range(start, iterations):
         if it == start + 1:
             t1, paused_first = time.perf_counter(), paused
+        if set_epoch is not None:
+            set_epoch(it // epoch_length)
         batch = task.sample(meta_batch, generator, device=device, dtype=dtype)
         with world.guard(f"meta-iteration {it + 1}"):
             val = meta_step(learner, opt, batch, objective)
