@@ -1,4 +1,5 @@
 """Command-line smoke tests."""
+import re
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ def test_info(capsys):
         assert name in out
 
 
-@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd", "reptile", "anil"])
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd", "reptile", "anil", "mamlpp"])
 def test_train_smoke(tmp_path, capsys, algo):
     ckpt = tmp_path / "ckpt.pt"
     rc = cli.main(["train", "--algo", algo, "--iterations", "5", "--meta-batch", "4", "--test-tasks", "20",
@@ -71,14 +72,16 @@ def test_anil_keeps_its_hidden_layer():
     assert isinstance(build_learner("anil", mk.tasks.Sinusoid(), hidden=()).body, torch.nn.Identity)
 
 
-@pytest.mark.parametrize("algo,lr,steps", [("maml", 0.01, 1), ("reptile", 0.02, 5), ("anil", 0.1, 1)])
+@pytest.mark.parametrize("algo,lr,steps", [("maml", 0.01, 1), ("reptile", 0.02, 5), ("anil", 0.1, 1),
+                                           ("mamlpp", 0.1, 5)])
 def test_each_algorithm_has_its_own_defaults(algo, lr, steps):
     from metakern.train import build_learner, inner_defaults
 
     assert inner_defaults(algo) == (lr, steps)
     learner = build_learner(algo, mk.tasks.Sinusoid(), hidden=(8,))
     maml = learner.head if algo == "anil" else learner
-    assert maml.steps == steps and float(maml.lr) == pytest.approx(lr)
+    rates = maml.lrs if algo == "mamlpp" else [maml.lr]
+    assert maml.steps == steps and all(torch.allclose(r, torch.full_like(r, lr)) for r in rates)
 
 
 def test_help_states_the_defaults(capsys):
@@ -417,3 +420,48 @@ def test_readme_train_commands_parse():
         args = parser.parse_args(shlex.split(ln)[1:])
         cli._check_options(args, parser)
         cli._resolve_defaults(args)
+
+
+def test_mamlpp_schedule_from_the_command_line(tmp_path, capsys):
+    """--epoch-length, --msl-epochs and --first-order-epochs reach the learner: the
+    checkpoint's learner ends at the epoch of the last iteration, and a resumed run
+    must keep the schedule."""
+    ckpt = tmp_path / "pp.pt"
+    base = ["train", "--algo", "mamlpp", "--steps", "2", "--meta-batch", "3", "--test-tasks", "6", "--hidden", "6",
+            "--no-progress", "--epoch-length", "2", "--msl-epochs", "2", "--first-order-epochs", "1"]
+    assert cli.main([*base, "--iterations", "5", "--save", str(ckpt)]) == 0
+    ck = torch.load(ckpt)
+    assert ck["config"]["epoch_length"] == 2 and ck["config"]["msl_epochs"] == 2
+    assert [tuple(v.shape) for k, v in ck["state_dict"].items() if k.startswith("lrs.")] == [(2,)] * 6
+    assert cli.main([*base, "--iterations", "6", "--resume", str(ckpt)]) == 0
+    with pytest.raises(ValueError, match="--epoch-length 2, this run has --epoch-length 3"):
+        cli.main([*base[:-6], "--epoch-length", "3", "--msl-epochs", "2", "--first-order-epochs", "1",
+                  "--iterations", "7", "--resume", str(ckpt)])
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--algo", "maml", "--msl-epochs", "3"], "--msl-epochs sets MAML\+\+'s schedule: it needs --algo mamlpp"),
+    (["--algo", "mamlpp", "--first-order-epochs", "-1"], "--first-order-epochs must be >= 0"),
+    (["--algo", "mamlpp", "--epoch-length", "0"], "--epoch-length must be >= 1"),
+    (["--algo", "mamlpp", "--steps", "3", "--test-steps", "5"], "--test-steps 5 would need rates"),
+])
+def test_mamlpp_bad_flags(capsys, argv, match):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--iterations", "1", *argv])
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_meta_train_sets_the_epoch():
+    """meta_train gives a learner with set_epoch the epoch of each iteration."""
+    seen = []
+    pp = mk.MAMLPlusPlus(mk.MLP(1, [4], 1), steps=2, msl_epochs=2, first_order_epochs=1)
+    real = pp.set_epoch
+    pp.set_epoch = lambda e: (seen.append(e), real(e))
+    T.meta_train(pp, mk.tasks.Sinusoid(), iterations=7, meta_batch=2, progress=False, epoch_length=3,
+                 generator=torch.Generator().manual_seed(0))
+    assert seen == [0, 0, 0, 1, 1, 1, 2]
+    assert pp.epoch == 2 and pp.step_weights() is None and not pp.first_order
+    seen.clear()
+    T.meta_train(pp, mk.tasks.Sinusoid(), iterations=9, meta_batch=2, progress=False, epoch_length=3, start=7,
+                 generator=torch.Generator().manual_seed(0))
+    assert seen == [2, 2]

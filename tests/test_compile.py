@@ -118,6 +118,8 @@ DEFAULT_LEARNERS = {
     "metasgd": lambda: mk.MetaSGD(mk.MLP(1, [16, 16], 1)),
     "anil": lambda: mk.ANIL(mk.MLP(1, [16], 16), torch.nn.Linear(16, 1)),
     "reptile": lambda: mk.Reptile(mk.MLP(1, [16, 16], 1)),
+    # epoch 0 of its schedule: first order and the multi-step loss (the default start)
+    "mamlpp": lambda: mk.MAMLPlusPlus(mk.MLP(1, [16, 16], 1)),
 }
 
 

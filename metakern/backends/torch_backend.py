@@ -337,13 +337,16 @@ def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: 
         traj.append(torch.addcmul(traj[k], g, lr_row(lr, k), value=-1.0))
     none = theta.new_empty((0, P))  # a gradient not asked for
     losses, v = _query(traj[steps], xq, yq, dims, loss, act, need_grad)
+    gq = {}  # the earlier steps' weighted query gradients, added to v_k on the way back
     if w is not None:
         losses = losses * w[steps - 1]
         if need_grad:
             v.mul_(w[steps - 1])
-        # the earlier steps' query losses; their gradients are added on the way back
         for k in range(1, steps):
-            losses = losses + w[k - 1] * _query(traj[k], xq, yq, dims, loss, act, False)[0]
+            l_k, g_k = _query(traj[k], xq, yq, dims, loss, act, need_grad)
+            losses = losses + w[k - 1] * l_k
+            if need_grad:
+                gq[k] = g_k.mul_(w[k - 1])
     if not need_grad:
         return losses, none, none
     if first_order and w is None and lr.dim() == 1:  # v stays v_K: one product for g_lr
@@ -361,8 +364,8 @@ def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: 
         if not first_order:
             hu, _ = hvp(cache, v * lr_row(lr, k), dims, loss, act, False)
             v.sub_(hu)
-        if w is not None and k >= 1:
-            v.add_(_query(traj[k], xq, yq, dims, loss, act, True)[1].mul_(w[k - 1]))
+        if k in gq:
+            v.add_(gq.pop(k))
     return losses, v, g_lr
 
 
