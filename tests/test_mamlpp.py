@@ -379,3 +379,26 @@ def test_mamlpp_bad_arguments():
         pp.meta_loss(xs, ys, xq, yq, steps=3)
     with pytest.raises(ValueError, match="steps=5 differs"):
         pp.adapt(xs, ys, steps=5)
+
+
+def test_gradcheck_per_step_rates_and_step_weights(request):
+    """torch.autograd.gradcheck (finite differences, float64) of the fused multi-step
+    objective in the parameters and the per-step rates, second order (a first-order
+    meta-gradient is not the derivative), on every backend here that runs float64."""
+    g = seeded(request)
+    dims, K = (2, 4, 2), 2
+    params = [p.requires_grad_() for p in _params(g, dims, torch.float64)]
+    lr, leaves = _lr_form("mixed", g, params, K, torch.float64)
+    w = _weights("random", g, K, torch.float64)
+    xs, ys, xq, yq = _data(g, dims, 2, 3, 3, "cross_entropy", torch.float64)
+    n = len(params)
+    for backend in backends_under_test():
+        if primary_dtype(backend) != torch.float64 or "cpu" not in devices_for(backend):
+            continue
+
+        def fn(*ts):
+            return MF.meta_loss(list(ts[:n]), xs, ys, xq, yq, lr=list(ts[n:]), steps=K, loss="cross_entropy",
+                                activation="tanh", backend=backend, reduction="none",
+                                step_weights=w)
+
+        assert torch.autograd.gradcheck(fn, tuple(params + leaves), eps=1e-6, atol=1e-7, rtol=1e-5), backend
