@@ -1,6 +1,7 @@
 """WordNet few-shot text classification: the wndb(5WN) parser, the feature sources,
 the cache and metakern.tasks.wordnet, on a small synthetic database written here in
 the real format (and on the real one where it is installed)."""
+import argparse
 import collections
 import importlib.util
 import os
@@ -25,6 +26,10 @@ CLASSES = {
     "verb.motion": ("data.verb", "v", "move walk run travel fast slowly"),
     "adj.all": ("data.adj", "s", "quality bright dark large small pleasant"),
     "adv.all": ("data.adv", "r", "manner quickly gently loudly often rarely"),
+    "noun.person": ("data.noun", "n", "someone worker expert leader child friend"),
+    "noun.location": ("data.noun", "n", "region city area place country border"),
+    "noun.time": ("data.noun", "n", "period hour day season year moment"),
+    "verb.communication": ("data.verb", "v", "say speak tell write express announce"),
 }
 DOMAINS = ("law", "military", "chemistry", "music")
 
@@ -36,7 +41,7 @@ def _line(offset, lexfile, ss_type, words, pointers, gloss, frames=""):
     return f"{offset:08d} {lexfile:02d} {ss_type} {mid} | {gloss}  \n"
 
 
-def write_wordnet(folder, per_class=12, seed=0):
+def write_wordnet(folder, per_class=24, seed=0):
     """A WordNet database in wndb(5WN): ``per_class`` synsets in each of CLASSES, the
     nouns and verbs also in a topic domain (;c pointers to DOMAINS' synsets). Offsets
     are byte offsets, as in the real files. Returns {lexname: count}, {domain: count}."""
@@ -177,8 +182,8 @@ def test_wordnet_task_tfidf(wn_root, cache):
     assert data.names == tuple(sorted([*CLASSES, "noun.cognition"]))
     # disjoint splits covering every class, 3 : 1 : 1 of the 7 classes
     sets = [set(pools[s].classes) for s in datasets.SPLITS]
-    assert [len(x) for x in sets] == [5, 1, 1]
-    assert set.union(*sets) == set(range(7)) and not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert [len(x) for x in sets] == [7, 2, 2]
+    assert set.union(*sets) == set(range(11)) and not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     # ground truth: scikit-learn in float64 on the same glosses in the same order
     syn = W.read_synsets(wn_root)
     glosses = [s.gloss for s in syn.values()]
@@ -194,16 +199,17 @@ def test_wordnet_task_tfidf(wn_root, cache):
 
 
 def test_domains_and_caps(wn_root, cache):
+    _, doms = write_wordnet(wn_root)
     data = text.load_wordnet(wn_root, labels="domain", features="tfidf", min_per_class=5, cache_dir=cache,
                              progress=False)
     assert data.names == tuple(sorted(DOMAINS))
-    assert torch.bincount(data.labels).tolist() == [12] * 4  # 48 noun and verb synsets, one domain each
+    assert torch.bincount(data.labels).tolist() == [doms[d] for d in sorted(DOMAINS)] == [48] * 4
     capped = text.load_wordnet(wn_root, features="tfidf", per_class=5, min_per_class=5, cache_dir=cache,
                                progress=False)
     assert capped.names == tuple(sorted(CLASSES))  # noun.cognition (4 glosses) is under min_per_class
     assert torch.bincount(capped.labels).tolist() == [5] * len(CLASSES)
-    with pytest.raises(ValueError, match=r"has 0 domain class\(es\) with at least 13 glosses.*lower min_per_class"):
-        text.load_wordnet(wn_root, labels="domain", features="tfidf", min_per_class=13, cache_dir=cache)
+    with pytest.raises(ValueError, match=r"has 0 domain class\(es\) with at least 49 glosses.*lower min_per_class"):
+        text.load_wordnet(wn_root, labels="domain", features="tfidf", min_per_class=49, cache_dir=cache)
 
 
 def test_the_cache(wn_root, cache, monkeypatch):
@@ -235,6 +241,7 @@ def test_the_cache(wn_root, cache, monkeypatch):
     (dict(ways=0), ValueError, "ways"),
     (dict(split="dev"), ValueError, "split must be one of"),
     (dict(ways=9), ValueError, "ways=9 exceeds"),
+    (dict(per_class=None, min_per_class=1, labels="domain", split="test", ways=2), ValueError, "ways=2 exceeds"),
     (dict(shots=30), ValueError, "shots \\+ queries"),
 ])
 def test_bad_arguments(wn_root, cache, kw, exc, match):
@@ -290,3 +297,82 @@ def test_minilm_features():
     assert_close(got.double().norm(dim=1), torch.ones(3, dtype=torch.float64), rtol=1e-5, name="unit length")
     sim = got @ got.T
     assert sim[0, 1] > sim[0, 2]  # the two dogs are closer than the dog and the sale
+
+
+def test_prototype_accuracy_against_a_loop():
+    g = torch.Generator().manual_seed(7)
+    T, W, S, Q, D = 6, 4, 3, 5, 9
+    xs, xq = torch.randn(T, W * S, D, generator=g), torch.randn(T, W * Q, D, generator=g)
+    ys, yq = torch.arange(W).repeat_interleave(S).expand(T, -1), torch.randint(0, W, (T, W * Q), generator=g)
+    from metakern import train as TR
+
+    got = TR.prototype_accuracy(xs, ys, xq, yq, W)
+    want = []
+    for t in range(T):  # ground truth: float64, one point at a time
+        means = [xs[t][ys[t] == k].double().mean(0) for k in range(W)]
+        hits = [int(min(range(W), key=lambda k: float((xq[t, i].double() - means[k]).norm())) == int(yq[t, i]))
+                for i in range(W * Q)]
+        want.append(sum(hits) / len(hits))
+    assert got.dtype == torch.float64 and got.tolist() == want
+
+
+def test_prototype_test_uses_meta_tests_tasks(wn_root, cache):
+    from metakern import train as TR
+
+    t = tasks.wordnet(wn_root, features="tfidf", split="test", ways=2, shots=2, queries=3, cache_dir=cache,
+                      progress=False)
+    r = TR.prototype_test(t, tasks=30, batch=7, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    accs = torch.cat([TR.prototype_accuracy(*t.sample(n, g), 2) for n in (7, 7, 7, 7, 2)])
+    assert r.tasks == 30 and r.mean == pytest.approx(accs.mean().item(), rel=1e-12)
+    assert r.mean > 0.9  # the synthetic classes have their own words
+    with pytest.raises(ValueError, match="needs a classification task"):
+        TR.prototype_test(tasks.Sinusoid(), tasks=2)
+
+
+def test_cli_train_wordnet(wn_root, tmp_path, monkeypatch, capsys):
+    from metakern import cli
+
+    monkeypatch.setenv("METAKERN_CACHE_DIR", str(tmp_path / "cache"))
+    save, plot = tmp_path / "run.pt", tmp_path / "curve.png"
+    base = ["train", "--task", "wordnet", "--data-root", wn_root, "--features", "tfidf", "--ways", "2",
+            "--queries", "3", "--meta-batch", "4", "--test-tasks", "20", "--val-every", "2", "--val-tasks", "5",
+            "--no-progress", "--save", str(save)]
+    if importlib.util.find_spec("matplotlib") is not None:
+        base += ["--plot", str(plot)]
+    assert cli.main(base + ["--iterations", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "meta-training maml on wordnet: 2-way 1-shot (3 queries), mlp on [" in out
+    assert "iteration 2: validation accuracy" in out
+    for name in ("meta-trained", "not meta-trained", "nearest class mean"):
+        assert f"  {name}" in out
+    assert cli.main(base + ["--iterations", "4", "--resume", str(save)]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    ckpt = torch.load(save, map_location="cpu")
+    for flag, value in (("labels", "domain"), ("features", "glove")):  # a resumed run keeps the data
+        args = argparse.Namespace(**{**ckpt["config"], flag: value, "resume": str(save)})
+        with pytest.raises(ValueError, match=f"trained with --{flag} {ckpt['config'][flag]}"):
+            cli._check_resumable(ckpt, args)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--task", "sine", "--labels", "domain"], "--labels is for --task wordnet only"),
+    (["--task", "kanji", "--features", "tfidf"], "--features is for --task wordnet only"),
+    (["--task", "wordnet", "--features", "bert"], "invalid choice: 'bert'"),
+    (["--task", "wordnet", "--model", "conv4"], "--model conv4 needs images"),
+    (["--task", "sine", "--data-root", "x"], "or the WordNet folder, for --task wordnet"),
+])
+def test_cli_bad_wordnet_options(argv, match, capsys):
+    from metakern import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", *argv])
+    assert match in capsys.readouterr().err
+
+
+def test_cli_wordnet_bad_folder(tmp_path, capsys):
+    from metakern import cli
+
+    rc = cli.main(["train", "--task", "wordnet", "--features", "tfidf", "--data-root", str(tmp_path),
+                   "--iterations", "1", "--no-progress"])
+    assert rc == 2 and "lacks data.noun" in capsys.readouterr().err
