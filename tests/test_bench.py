@@ -177,9 +177,12 @@ def test_profiles_cover_the_brief():
     quick = bm.make_profile("quick", "cpu").expand().configs
     assert [(c.workload.name, c.T, c.K, c.order) for c in quick][:2] == [("sine", 25, 1, "second"),
                                                                         ("sine", 1024, 5, "second")]
-    assert {c.workload.name for c in quick} == {"sine", "head", "omniglot-mlp"}
+    assert {c.workload.name for c in quick} == {"sine", "head", "omniglot-mlp", "wordnet-mlp"}
     assert {(c.T, c.K, c.order) for c in quick if c.workload.name == "omniglot-mlp"} == {(32, 1, "second"),
                                                                                         (32, 5, "second")}
+    assert {(c.T, c.K, c.order) for c in quick if c.workload.name == "wordnet-mlp"} == {(32, 1, "second"),
+                                                                                       (32, 5, "second")}
+    assert bm.WORKLOADS["wordnet-mlp"].dims == (384, 256, 5)
     gpu = bm.make_profile("gpu", "cuda").expand().configs
     assert max(c.T for c in gpu) == 16384 and {c.K for c in gpu} == {1, 5}
     assert {c.workload.name for c in gpu} == set(bm.WORKLOADS)

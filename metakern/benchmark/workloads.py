@@ -48,6 +48,10 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in [
     # the paper's 5-way 1-shot sizes and inner rate; the inputs are random 28x28 "images".
     Workload("omniglot-mlp", (784, 256, 128, 64, 64, 5), "relu", "cross_entropy", 5, 75, 0.4,
              "MAML's Omniglot MLP 784-256-128-64-64-5 ReLU, 5-way 1-shot, 15 queries per class, random inputs"),
+    # `metakern train --task wordnet`'s MLP on MiniLM sentence features (384-d), 5-way
+    # 1-shot at the 5-way defaults' inner rate; the inputs are random 384-d vectors.
+    Workload("wordnet-mlp", (384, 256, 5), "relu", "cross_entropy", 5, 75, 0.4,
+             "MLP 384-256-5 ReLU on MiniLM-sized text features, 5-way 1-shot, 15 queries per class, random inputs"),
 ]}
 
 
@@ -134,13 +138,13 @@ def make_profile(name: str, device: str) -> Profile:
     if name == "smoke":  # CI: seconds
         return Profile([("sine", (4,), (1,), ("second",)), ("linear", (4,), (2,), ("first",)),
                         ("head", (4,), (1,), ("second",)), ("mlp-ce", (2,), (1,), ("second",)),
-                        ("omniglot-mlp", (2,), (1,), ("second",))],
+                        ("omniglot-mlp", (2,), (1,), ("second",)), ("wordnet-mlp", (2,), (1,), ("second",))],
                        warmup_s=0.0, min_reps=3, min_time_s=0.0, max_time_s=0.5, burst_ms=0.0, warmup_ms=2, rep_ms=5,
                        peak_n=256, loop_max_T=8)
     if name == "quick":  # < 2 minutes on a 2-core CPU
         return Profile([("sine", (25,), (1,), ("second",)), ("sine", (1024,), (5,), ("second",)),
                         ("head", (256,), (5,), ("second",)), ("sine", (256,), (1, 10), ("second",)),
-                        ("omniglot-mlp", (32,), (1, 5), ("second",))],
+                        ("omniglot-mlp", (32,), (1, 5), ("second",)), ("wordnet-mlp", (32,), (1, 5), ("second",))],
                        warmup_s=0.1, min_reps=5, min_time_s=0.3, max_time_s=2.0, warmup_ms=10, rep_ms=50,
                        peak_n=1024 if not gpu else 8192, loop_max_T=32)
     if name == "full":
@@ -148,7 +152,8 @@ def make_profile(name: str, device: str) -> Profile:
                         ("linear", (100, 1600), (1, 5), ("second",)),
                         ("head", (100, 1600), (1, 5), ("second",)),
                         ("mlp-ce", (100, 1600), (1, 5), ("second",)),
-                        ("omniglot-mlp", (32, 256), (1, 5), ("second",))],
+                        ("omniglot-mlp", (32, 256), (1, 5), ("second",)),
+                        ("wordnet-mlp", (32, 256), (1, 5), ("second",))],
                        peak_n=2048 if not gpu else 8192, loop_max_T=400)
     if name == "gpu":  # the one-shot GPU check: most important first, T up to 16384
         return Profile([("sine", (25, 256, 1024, 4096, 16384), (5, 1), ("second",)),
@@ -156,7 +161,8 @@ def make_profile(name: str, device: str) -> Profile:
                         ("head", (256, 4096, 16384), (5, 1), ("second",)),
                         ("linear", (256, 4096, 16384), (5, 1), ("second",)),
                         ("sine", (25, 256, 1024, 4096, 16384), (5, 1), ("first",)),
-                        ("omniglot-mlp", (32, 1024), (5, 1), ("second",))],
+                        ("omniglot-mlp", (32, 1024), (5, 1), ("second",)),
+                        ("wordnet-mlp", (32, 1024), (5, 1), ("second",))],
                        min_reps=5, min_time_s=0.2, max_time_s=2.0, warmup_ms=10, rep_ms=40,
                        peak_n=8192 if gpu else 2048, loop_max_T=32)
     raise ValueError(f"profile must be one of {PROFILES}, got {name!r}")
