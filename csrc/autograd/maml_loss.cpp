@@ -3,9 +3,10 @@
 // The eager front end of metakern::maml_fwd (csrc/schema/ops.cpp) for backends that have it.
 // It does in C++ what metakern._ops._MamlFn does in Python: pack the parameter list
 // into theta, run maml_fwd (losses and per-task gradients in one walk of the inner
-// loop), reduce the losses over tasks; the backward weights the saved per-task
-// gradients by dL/dl_t, sums them over tasks for shared tensors and hands each
-// parameter its own view: a few ATen calls around the kernel, no Python.
+// loop; with step_weights, the multi-step loss), reduce the losses over tasks; the
+// backward weights the saved per-task gradients by dL/dl_t, sums them over tasks for
+// shared tensors (lr: to [P] or [K, P], its own shape) and hands each parameter its
+// own view: a few ATen calls around the kernel, no Python.
 //
 // Same math and the same ATen reductions as _MamlFn, so both give the same bits. A
 // backward with create_graph=True gets gradients autograd can differentiate again, as
@@ -15,6 +16,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -63,15 +65,18 @@ at::Tensor pack(at::TensorList params, const std::vector<bool>& per_task, int64_
 std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd(const at::Tensor& theta, const at::Tensor& lr,
                                                         const at::Tensor& xs, const at::Tensor& ys,
                                                         const at::Tensor& xq, const at::Tensor& yq,
+                                                        const c10::optional<at::Tensor>& step_weights,
                                                         const MamlSpec& s, bool need_grad) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("metakern::maml_fwd", "")
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const at::Tensor&, at::IntArrayRef, int64_t, int64_t, int64_t, bool, bool, bool)>();
+              const at::Tensor&, at::IntArrayRef, int64_t, int64_t, int64_t, bool, bool, bool,
+              const c10::optional<at::Tensor>&)>();
   at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(theta, lr, xs, ys, xq, yq, s.dims, s.steps, s.loss, s.act, s.first_order, need_grad, s.need_lr);
+  return op.call(theta, lr, xs, ys, xq, yq, s.dims, s.steps, s.loss, s.act, s.first_order, need_grad, s.need_lr,
+                 step_weights);
 }
 
 at::Tensor reduce(const at::Tensor& losses, int64_t reduction) {
@@ -109,6 +114,7 @@ struct MamlLossBackward : public torch::autograd::Node {
   void release_variables() override {
     g_theta.reset_data();
     g_lr.reset_data();
+    step_weights.reset_data();
     for (SavedVariable& v : inputs) v.reset_data();
   }
 
@@ -122,7 +128,8 @@ struct MamlLossBackward : public torch::autograd::Node {
     const int64_t T = gt.size(0);
     const at::Tensor w =
         spec.reduction == kReduceNone ? g_out : (spec.reduction == kReduceMean ? g_out / T : g_out).expand({T});
-    if (should_compute_output(0)) out[0] = at::matmul(w, gl);
+    // g_lr is [T, P] or [T, K, P] (lr [P] or [K, P]): summed over tasks to lr's shape
+    if (should_compute_output(0)) out[0] = at::matmul(w, gl.flatten(1)).view(gl.sizes().slice(1));
     bool any_param = false, any_per_task = false;
     for (size_t i = 0; i < n; ++i) {
       any_param = any_param || should_compute_output(1 + i);
@@ -149,19 +156,34 @@ struct MamlLossBackward : public torch::autograd::Node {
     TORCH_CHECK(schema.has_value(),
                 "metakern maml_loss: a backward with create_graph=True needs the Python package's "
                 "metakern_py::maml_loss_grads_with_graph; import metakern first");
-    const auto op = schema->typed<std::vector<at::Tensor>(
-        at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-        const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef, int64_t, int64_t, int64_t, bool,
-        int64_t, at::IntArrayRef)>();
+    // Its last argument, Tensor? step_weights, is optional: an older Python layer that
+    // lacks it still serves the objective without step weights.
+    const at::Tensor sw = step_weights.unpack();
+    const bool takes_weights = schema->schema().arguments().size() >= 16;
+    TORCH_CHECK(takes_weights || !sw.defined(),
+                "metakern maml_loss: a backward with create_graph=True of the multi-step loss (step_weights) needs "
+                "metakern_py::maml_loss_grads_with_graph to take step_weights; this Python package's does not");
     const size_t n = spec.per_task.size();
     std::vector<at::Tensor> params;
     for (size_t i = 0; i < n; ++i) params.push_back(inputs[5 + i].unpack());
     std::vector<int64_t> pt(spec.per_task.begin(), spec.per_task.end()), needs;
     for (size_t i = 0; i < 1 + n; ++i) needs.push_back(should_compute_output(i) ? 1 : 0);
-    const std::vector<at::Tensor> got =
-        op.call(params, inputs[0].unpack(), inputs[1].unpack(), inputs[2].unpack(), inputs[3].unpack(),
-                inputs[4].unpack(), g_out, spec.dims, pt, spec.steps, spec.loss, spec.act, spec.first_order,
-                spec.reduction, needs);
+    torch::jit::Stack stack;
+    stack.reserve(16);
+    stack.emplace_back(params);
+    for (size_t i = 0; i < 5; ++i) stack.emplace_back(inputs[i].unpack());
+    stack.emplace_back(g_out);
+    stack.emplace_back(spec.dims);
+    stack.emplace_back(pt);
+    stack.emplace_back(spec.steps);
+    stack.emplace_back(spec.loss);
+    stack.emplace_back(spec.act);
+    stack.emplace_back(spec.first_order);
+    stack.emplace_back(spec.reduction);
+    stack.emplace_back(needs);
+    if (takes_weights) stack.emplace_back(sw.defined() ? c10::IValue(sw) : c10::IValue());
+    schema->callBoxed(stack);
+    const std::vector<at::Tensor> got = stack.at(0).toTensorVector();
     variable_list out(1 + n);
     for (size_t i = 0; i < 1 + n; ++i)
       if (needs[i]) out[i] = got[i];
@@ -172,6 +194,7 @@ struct MamlLossBackward : public torch::autograd::Node {
   std::vector<std::vector<int64_t>> shapes;  // per parameter
   std::vector<int64_t> sizes;                 // packed segment lengths
   SavedVariable g_theta, g_lr;                // per-task dl_t/dtheta, dl_t/dlr from maml_fwd
+  SavedVariable step_weights;                 // [K] or undefined (a constant, for with_graph)
   std::vector<SavedVariable> inputs;          // lr, xs, ys, xq, yq, params... (for with_graph)
 };
 
@@ -180,22 +203,28 @@ struct MamlLossBackward : public torch::autograd::Node {
 at::Tensor maml_loss(const std::vector<at::Tensor>& params, const at::Tensor& lr, const at::Tensor& xs,
                      const at::Tensor& ys, const at::Tensor& xq, const at::Tensor& yq, std::vector<int64_t> dims,
                      std::vector<bool> per_task, int64_t steps, int64_t loss, int64_t act, bool first_order,
-                     int64_t reduction) {
+                     int64_t reduction, const c10::optional<at::Tensor>& step_weights) {
   TORCH_CHECK_VALUE(reduction == kReduceMean || reduction == kReduceSum || reduction == kReduceNone,
                     "metakern maml_loss: reduction must be 0 (mean), 1 (sum) or 2 (none), got ", reduction);
   TORCH_CHECK_VALUE(per_task.size() == params.size(), "metakern maml_loss: per_task has ", per_task.size(),
                     " entries for ", params.size(), " params");
   TORCH_CHECK_VALUE(dims.size() >= 2 && params.size() == 2 * (dims.size() - 1), "metakern maml_loss: ",
                     params.size(), " params do not match dims of ", dims.size(), " widths (2 per layer)");
+  const bool weighted = step_weights.has_value() && step_weights->defined();
+  TORCH_CHECK_VALUE(!weighted || !step_weights->requires_grad(),
+                    "metakern maml_loss: step_weights are a constant of the objective and get no gradient; pass "
+                    "step_weights.detach()");
   MamlSpec s{std::move(dims), std::move(per_task), steps, loss, act, reduction, first_order, lr.requires_grad()};
   bool need = lr.requires_grad();
   for (const at::Tensor& p : params) need = need || p.requires_grad();
   if (!(need && at::GradMode::is_enabled())) {
-    at::Tensor losses = std::get<0>(maml_fwd(pack(params, s.per_task, xs.size(0)), lr, xs, ys, xq, yq, s, false));
+    at::Tensor losses =
+        std::get<0>(maml_fwd(pack(params, s.per_task, xs.size(0)), lr, xs, ys, xq, yq, step_weights, s, false));
     return reduce(losses, s.reduction);
   }
   at::Tensor losses, g_theta, g_lr;
-  std::tie(losses, g_theta, g_lr) = maml_fwd(pack(params, s.per_task, xs.size(0)), lr, xs, ys, xq, yq, s, true);
+  std::tie(losses, g_theta, g_lr) =
+      maml_fwd(pack(params, s.per_task, xs.size(0)), lr, xs, ys, xq, yq, step_weights, s, true);
   at::Tensor result = reduce(losses, s.reduction);
 
   auto node = make_node<MamlLossBackward>();
@@ -204,6 +233,7 @@ at::Tensor maml_loss(const std::vector<at::Tensor>& params, const at::Tensor& lr
   node->sizes = split_sizes(s.dims);
   node->g_theta = SavedVariable(g_theta, false);
   node->g_lr = SavedVariable(g_lr, false);
+  node->step_weights = SavedVariable(weighted ? *step_weights : at::Tensor(), false);
   for (const at::Tensor& t : {lr, xs, ys, xq, yq}) node->inputs.emplace_back(t, false);
   for (const at::Tensor& p : params) node->inputs.emplace_back(p, false);
   node->spec = std::move(s);

@@ -93,13 +93,14 @@ at::Tensor adapt_fwd_cpu(const at::Tensor& theta, const at::Tensor& lr, const at
     scalar_t* op = out.data_ptr<scalar_t>();
     const int64_t N = pr.N, P = pr.P, ND = N * pr.D, NO = N * pr.O;
     const int64_t th_stride = pr.shared_theta ? 0 : P;
+    const int64_t lr_step = pr.lr_per_step ? P : 0;  // lr [K, P]: row k for step k
     const int64_t ws = tm::Scratch<scalar_t>::size(net, N, 1, false);
     at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
       auto buf = alloc_scratch<scalar_t>(ws);
       auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, N, 1, false);
       for (int64_t t = begin; t < end; ++t) {
         tm::Targets<scalar_t> tg{yf ? yf + t * NO : nullptr, yi ? yi + t * N : nullptr};
-        tm::adapt_forward_task<scalar_t>(net, N, steps, th + t * th_stride, lrp, xp + t * ND, tg,
+        tm::adapt_forward_task<scalar_t>(net, N, steps, th + t * th_stride, lrp, lr_step, xp + t * ND, tg,
                                          static_cast<int>(act), static_cast<int>(loss), op + t * P, s);
       }
     });
@@ -118,7 +119,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapt_bwd_cpu(const at::Tensor& g
   check_same(kAdaptBwd, "grad", grad, theta);
   check_shape(kAdaptBwd, "grad", grad, {pr.T, pr.P});
   at::Tensor g_theta = at::empty({pr.T, pr.P}, theta.options());
-  at::Tensor g_lr = at::empty({pr.T, pr.P}, theta.options());
+  // per task, lr's shape: [T, P] or [T, K, P]
+  at::Tensor g_lr = pr.lr_per_step ? at::empty({pr.T, steps, pr.P}, theta.options())
+                                   : at::empty({pr.T, pr.P}, theta.options());
   at::Tensor g_x = at::empty({pr.T, pr.N, pr.D}, theta.options());
   if (pr.T == 0) return {g_theta, g_lr, g_x};
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "adapt_bwd_cpu", [&] {
@@ -134,6 +137,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapt_bwd_cpu(const at::Tensor& g
     scalar_t* gxp = g_x.data_ptr<scalar_t>();
     const int64_t N = pr.N, P = pr.P, ND = N * pr.D, NO = N * pr.O;
     const int64_t th_stride = pr.shared_theta ? 0 : P;
+    const int64_t lr_step = pr.lr_per_step ? P : 0;         // lr [K, P]: row k for step k
+    const int64_t glr_stride = pr.lr_per_step ? steps * P : P;  // one task's g_lr
     const bool rop = !first_order && steps > 0;
     const int64_t ws = tm::Scratch<scalar_t>::size(net, N, steps, rop);
     const KeptSteps<scalar_t> keep(net, N, rop ? steps : 0);
@@ -143,9 +148,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapt_bwd_cpu(const at::Tensor& g
       auto kept = keep.carve(buf.get() + ws);
       for (int64_t t = begin; t < end; ++t) {
         tm::Targets<scalar_t> tg{yf ? yf + t * NO : nullptr, yi ? yi + t * N : nullptr};
-        tm::adapt_backward_task<scalar_t>(net, N, steps, th + t * th_stride, lrp, xp + t * ND, tg, gp + t * P,
-                                          static_cast<int>(act), static_cast<int>(loss), first_order, need_x,
-                                          gtp + t * P, glp + t * P, gxp + t * ND, s, kept.empty() ? nullptr : kept.data());
+        tm::adapt_backward_task<scalar_t>(net, N, steps, th + t * th_stride, lrp, lr_step, xp + t * ND, tg,
+                                          gp + t * P, static_cast<int>(act), static_cast<int>(loss), first_order,
+                                          need_x, gtp + t * P, glp + t * glr_stride, gxp + t * ND, s,
+                                          kept.empty() ? nullptr : kept.data());
       }
     });
   });
@@ -213,19 +219,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_cpu(const at::Tensor& th
                                                             const at::Tensor& xq, const at::Tensor& yq,
                                                             at::IntArrayRef dims, int64_t steps, int64_t loss,
                                                             int64_t act, bool first_order, bool need_grad,
-                                                            bool need_lr) {
+                                                            bool need_lr,
+                                                            const c10::optional<at::Tensor>& step_weights) {
   int64_t Nq = 0;
   const Problem pr = check_maml(kMamlFwd, theta, lr, xs, ys, xq, yq, dims, steps, loss, act, &Nq);
+  check_step_weights(kMamlFwd, step_weights, steps, theta);
   check_cpu(kMamlFwd, theta, "theta");
+  const bool weighted = step_weights.has_value() && step_weights->defined();
   at::Tensor losses = at::empty({pr.T}, theta.options());
   at::Tensor g_theta = at::empty({need_grad ? pr.T : 0, pr.P}, theta.options());
   need_lr = need_lr && need_grad;
-  at::Tensor g_lr = at::empty({need_lr ? pr.T : 0, pr.P}, theta.options());
+  // per task, lr's shape ([T, P] or [T, K, P]); [0, P] without need_lr
+  at::Tensor g_lr = !need_lr          ? at::empty({0, pr.P}, theta.options())
+                    : pr.lr_per_step ? at::empty({pr.T, steps, pr.P}, theta.options())
+                                     : at::empty({pr.T, pr.P}, theta.options());
   if (pr.T == 0) return {losses, g_theta, g_lr};
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "maml_fwd_cpu", [&] {
     const tm::Mlp net = tm::Mlp::make(pr.dims.data(), pr.L);
     const scalar_t* th = theta.data_ptr<scalar_t>();
     const scalar_t* lrp = lr.data_ptr<scalar_t>();
+    const scalar_t* swp = weighted ? step_weights->data_ptr<scalar_t>() : nullptr;
     const scalar_t* xsp = xs.data_ptr<scalar_t>();
     const scalar_t* xqp = xq.data_ptr<scalar_t>();
     const bool mse = loss == kMSE;
@@ -238,22 +251,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_cpu(const at::Tensor& th
     scalar_t* glp = need_lr ? g_lr.data_ptr<scalar_t>() : nullptr;
     const int64_t Ns = pr.N, P = pr.P, D = pr.D, O = pr.O;
     const int64_t th_stride = pr.shared_theta ? 0 : P;
+    const int64_t lr_step = pr.lr_per_step ? P : 0;             // lr [K, P]: row k for step k
+    const int64_t glr_stride = pr.lr_per_step ? steps * P : P;  // one task's g_lr
     const bool rop = need_grad && !first_order && steps > 0;
     const int64_t ws_s = tm::Scratch<scalar_t>::size(net, Ns, steps + 1, rop);
     const int64_t ws_q = tm::Scratch<scalar_t>::size(net, Nq, 0, false);
     const KeptSteps<scalar_t> keep(net, Ns, rop ? steps : 0);
+    // the multi-step loss: each step's weighted query gradient ([K, P]) and, first
+    // order with a rate gradient, each step's support gradient g_k ([K, P])
+    const int64_t n_gq = weighted && need_grad ? steps * P : 0;
+    const int64_t n_gk = weighted && need_grad && first_order && need_lr ? steps * P : 0;
     at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
-      auto buf = alloc_scratch<scalar_t>(ws_s + ws_q + keep.elements());
+      auto buf = alloc_scratch<scalar_t>(ws_s + ws_q + keep.elements() + n_gq + n_gk);
       auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, Ns, steps + 1, rop);
       auto q = tm::Scratch<scalar_t>::carve(buf.get() + ws_s, net, Nq, 0, false);
       auto kept = keep.carve(buf.get() + ws_s + ws_q);
+      scalar_t* gq = n_gq > 0 ? buf.get() + ws_s + ws_q + keep.elements() : nullptr;
+      scalar_t* gk = n_gk > 0 ? buf.get() + ws_s + ws_q + keep.elements() + n_gq : nullptr;
       for (int64_t t = begin; t < end; ++t) {
         tm::Targets<scalar_t> ts{ysf ? ysf + t * Ns * O : nullptr, ysi ? ysi + t * Ns : nullptr};
         tm::Targets<scalar_t> tq{yqf ? yqf + t * Nq * O : nullptr, yqi ? yqi + t * Nq : nullptr};
-        tm::maml_task<scalar_t>(net, Ns, Nq, steps, th + t * th_stride, lrp, xsp + t * Ns * D, ts,
+        tm::maml_task<scalar_t>(net, Ns, Nq, steps, th + t * th_stride, lrp, lr_step, swp, xsp + t * Ns * D, ts,
                                 xqp + t * Nq * D, tq, static_cast<int>(act), static_cast<int>(loss), first_order,
-                                need_grad, lp + t, gtp ? gtp + t * P : nullptr, glp ? glp + t * P : nullptr, s, q,
-                                kept.empty() ? nullptr : kept.data());
+                                need_grad, lp + t, gtp ? gtp + t * P : nullptr, glp ? glp + t * glr_stride : nullptr,
+                                gq, gk, s, q, kept.empty() ? nullptr : kept.data());
       }
     });
   });

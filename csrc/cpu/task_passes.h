@@ -239,45 +239,49 @@ MK_HD void grad_at(const Mlp& net, i64 N, const T* theta, const T* x, Targets<T>
 }
 
 // ------------------------------------------------------------------ task drivers
-// adapt_fwd for one task: theta_{k+1} = theta_k - lr * g_k, k < K; out = theta_K [P].
+// The inner rates: lr [P] (lr_step = 0, every step's) or [K, P] (lr_step = P, row k
+// for step k). The rate gradient g_lr has the same rows: one [P] row summed over the
+// steps, or K rows, one a step.
+// adapt_fwd for one task: theta_{k+1} = theta_k - lr_k * g_k, k < K; out = theta_K [P].
 template <typename T>
-MK_HD void adapt_forward_task(const Mlp& net, i64 N, i64 K, const T* theta0, const T* lr, const T* x,
-                              Targets<T> y, int act, int loss, T* out, Scratch<T>& s) {
+MK_HD void adapt_forward_task(const Mlp& net, i64 N, i64 K, const T* theta0, const T* lr, i64 lr_step,
+                              const T* x, Targets<T> y, int act, int loss, T* out, Scratch<T>& s) {
   const i64 P = net.P;
   copy(P, theta0, out);
   for (i64 k = 0; k < K; ++k) {
     grad_at(net, N, out, x, y, act, loss, s);
-    sgd_step_inplace(P, lr, s.g, out);
+    sgd_step_inplace(P, lr + k * lr_step, s.g, out);
   }
 }
 
 // adapt_bwd for one task, from v_K = vK:
 //   recompute theta_0 .. theta_{K-1} (second order; only those K vectors are kept),
-//   then for k = K-1 .. 0:  u = lr * v_{k+1};  g_lr -= g_k * v_{k+1};
+//   then for k = K-1 .. 0:  u = lr_k * v_{k+1};  g_lr(row of k) -= g_k * v_{k+1};
 //   second order: v_k = v_{k+1} - H_k u,  g_x -= R{delta_0};  first order: v_k = v_{k+1}.
-// Outputs g_theta = v_0 [P], g_lr [P], g_x [N, D] (zeros unless second order and need_x).
+// Outputs g_theta = v_0 [P], g_lr [P] or [K, P] (as lr, lr_step), g_x [N, D] (zeros
+// unless second order and need_x).
 // kept (second order; K blocks of Scratch::size(net, N, 1, false), or nullptr): the
 // recomputing walk leaves grad_at's state of step k in kept[k], so the reverse loop
 // recomputes only step K-1 instead of all K (see maml_task).
 template <typename T>
-MK_HD void adapt_backward_task(const Mlp& net, i64 N, i64 K, const T* theta0, const T* lr, const T* x,
-                               Targets<T> y, const T* vK, int act, int loss, bool first_order, bool need_x,
-                               T* g_theta, T* g_lr, T* g_x, Scratch<T>& s, Scratch<T>* kept) {
+MK_HD void adapt_backward_task(const Mlp& net, i64 N, i64 K, const T* theta0, const T* lr, i64 lr_step,
+                               const T* x, Targets<T> y, const T* vK, int act, int loss, bool first_order,
+                               bool need_x, T* g_theta, T* g_lr, T* g_x, Scratch<T>& s, Scratch<T>* kept) {
   const i64 P = net.P, ND = N * net.d[0];
   T* v = g_theta;  // v_k lives in the output row
   copy(P, vK, v);
-  fill(P, T(0), g_lr);
+  fill(lr_step != 0 ? K * P : P, T(0), g_lr);
   fill(ND, T(0), g_x);
   if (K == 0) return;
 
   if (first_order) {
-    // v is constant; g_lr = -sum_k g_k * v_K, walking theta_0 .. theta_{K-1} forward.
+    // v is constant; g_lr(row of k) -= g_k * v_K, walking theta_0 .. theta_{K-1} forward.
     T* cur = s.thetas;
     copy(P, theta0, cur);
     for (i64 k = 0; k < K; ++k) {
       grad_at(net, N, cur, x, y, act, loss, s);
-      lr_grad(P, s.g, v, g_lr);
-      if (k + 1 < K) sgd_step_inplace(P, lr, s.g, cur);
+      lr_grad(P, s.g, v, g_lr + k * lr_step);
+      if (k + 1 < K) sgd_step_inplace(P, lr + k * lr_step, s.g, cur);
     }
     return;
   }
@@ -288,14 +292,14 @@ MK_HD void adapt_backward_task(const Mlp& net, i64 N, i64 K, const T* theta0, co
     const T* th = s.thetas + k * P;
     Scratch<T>& w = kept != nullptr ? kept[k] : s;
     grad_at(net, N, th, x, y, act, loss, w);
-    sgd_step(P, th, lr, w.g, s.thetas + (k + 1) * P);
+    sgd_step(P, th, lr + k * lr_step, w.g, s.thetas + (k + 1) * P);
   }
   // reverse loop
   for (i64 k = K - 1; k >= 0; --k) {
     const T* th = s.thetas + k * P;
     Scratch<T>& w = kept != nullptr ? kept[k] : s;
     if (kept == nullptr || k + 1 == K) grad_at(net, N, th, x, y, act, loss, w);
-    reverse_step_pre(P, lr, w.g, v, s.u, g_lr);
+    reverse_step_pre(P, lr + k * lr_step, w.g, v, s.u, g_lr + k * lr_step);
     rop(net, N, th, s.u, x, act, loss, w.WT, w.A, w.E, w.D, w.prob, s.uWT, s.RZ, s.RA, s.RD, s.hu,
         need_x ? s.rd0 : static_cast<T*>(nullptr));
     sub_inplace(P, s.hu, v);
@@ -303,61 +307,106 @@ MK_HD void adapt_backward_task(const Mlp& net, i64 N, i64 K, const T* theta0, co
   }
 }
 
-// maml_fwd for one task: the meta-objective l = L_query(theta_K) and, when need_grad,
-// its gradient, in one pass:
-//   walk   theta_{k+1} = theta_k - lr * g_k on the support set, k < K (theta_0 .. theta_K
-//          kept in s.thetas);
-//   query  forward at theta_K in q's buffers, l, and v_K = grad L_query(theta_K);
-//   back   the reverse loop of adapt_backward_task from v_K.
+// The query pass of maml_task at theta: returns L_query(theta) and, when g != nullptr,
+// writes scale * grad L_query(theta) to g [P] (q's buffers hold the pass).
+template <typename T>
+MK_HD T query_pass(const Mlp& net, i64 Nq, const T* theta, const T* xq, Targets<T> yq, int act, int loss,
+                   Scratch<T>& q, T* g, T scale) {
+  forward(net, Nq, theta, xq, act, q.WT, q.A);
+  const i64 O = net.d[net.L];
+  const i64 hL = net.H - O;
+  const T l = loss_value(loss, Nq, O, q.A + Nq * hL, yq.yf, yq.yi);
+  if (g == nullptr) return l;
+  loss_grad(loss, Nq, O, q.A + Nq * hL, yq.yf, yq.yi, q.D + Nq * hL, q.prob);
+  backward(net, Nq, theta, xq, act, q.A, q.E, q.D, g, static_cast<T*>(nullptr));
+  if (scale != T(1))
+    for (i64 i = 0; i < net.P; ++i) g[i] *= scale;
+  return l;
+}
+
+// maml_fwd for one task: the meta-objective and, when need_grad, its gradient, in one
+// walk of the inner loop. Without step weights (sw == nullptr) the objective is
+// l = L_query(theta_K); with them (sw [K]) it is l = sum_{k=1..K} sw[k-1] L_query(theta_k).
+//   walk   theta_{k+1} = theta_k - lr_k * g_k on the support set, k < K (theta_0 .. theta_K
+//          kept in s.thetas); with step weights, the query pass at each theta_{k+1} right
+//          after the step (its loss into l, sw[k] grad L_query(theta_{k+1}) into gq row k;
+//          a zero weight skips the pass: it adds exactly nothing);
+//   query  without step weights: forward at theta_K in q's buffers, l, v_K = grad L_query(theta_K);
+//   back   the reverse loop of adapt_backward_task from v_K (= gq row K-1 with step
+//          weights), adding gq row k-1 to v after the step at k >= 1.
 // The reverse loop needs grad_at's state (W^T, activations, e, deltas, softmax, g)
 // at every theta_k. With `kept` (K blocks of Scratch::size(net, Ns, 1, false), one
 // per step) the walk leaves each step's state in its own block and nothing is
 // recomputed; without it the walk's state lives in s, survives only for k = K-1,
 // and steps 0 .. K-2 are recomputed. The caller keeps them when K blocks fit a
 // per-thread budget (the blocks are per worker thread, not per task).
-// First order: g_theta = v_K and g_lr = -(sum_k g_k) * v_K, summed during the walk.
+// First order: v is constant between injections. Without step weights g_theta = v_K
+// and g_lr = -(sum_k g_k) * v_K ([P] lr) or g_lr[k] = -g_k * v_K ([K, P]), from the
+// g_k summed (or stored by row) during the walk; with step weights the reverse loop
+// runs on the g_k the walk stored in gk ([K, P]): g_lr(row of k) -= g_k * v_{k+1}.
 // g_lr may be null when no lr gradient is wanted (maml_fwd's need_lr).
+// gq [K, P]: needed with step weights and need_grad (else null); gk [K, P]: needed with
+// step weights, need_grad, first order and g_lr (else null).
 // s: Scratch::size(net, Ns, K + 1, !first_order); q: Scratch::size(net, Nq, 0, false).
 template <typename T>
-MK_HD void maml_task(const Mlp& net, i64 Ns, i64 Nq, i64 K, const T* theta0, const T* lr, const T* xs,
-                     Targets<T> ys, const T* xq, Targets<T> yq, int act, int loss, bool first_order,
-                     bool need_grad, T* loss_out, T* g_theta, T* g_lr, Scratch<T>& s, Scratch<T>& q,
-                     Scratch<T>* kept) {
+MK_HD void maml_task(const Mlp& net, i64 Ns, i64 Nq, i64 K, const T* theta0, const T* lr, i64 lr_step,
+                     const T* sw, const T* xs, Targets<T> ys, const T* xq, Targets<T> yq, int act, int loss,
+                     bool first_order, bool need_grad, T* loss_out, T* g_theta, T* g_lr, T* gq, T* gk,
+                     Scratch<T>& s, Scratch<T>& q, Scratch<T>* kept) {
   const i64 P = net.P;
-  const bool sum_g = need_grad && first_order && g_lr != nullptr;
-  if (sum_g) fill(P, T(0), g_lr);
+  const i64 lr_rows = lr_step != 0 ? K : 1;
+  // first order without step weights: the g_k summed (or stored by row) during the walk
+  const bool sum_g = need_grad && first_order && g_lr != nullptr && sw == nullptr;
+  if (sum_g) fill(lr_rows * P, T(0), g_lr);
+  T total = T(0);
   copy(P, theta0, s.thetas);
   for (i64 k = 0; k < K; ++k) {
     const T* th = s.thetas + k * P;
     Scratch<T>& w = kept != nullptr ? kept[k] : s;
     grad_at(net, Ns, th, xs, ys, act, loss, w);
     if (sum_g)
-      for (i64 i = 0; i < P; ++i) g_lr[i] += w.g[i];
-    sgd_step(P, th, lr, w.g, s.thetas + (k + 1) * P);
+      for (i64 i = 0; i < P; ++i) g_lr[k * lr_step + i] += w.g[i];
+    if (gk != nullptr) copy(P, w.g, gk + k * P);
+    sgd_step(P, th, lr + k * lr_step, w.g, s.thetas + (k + 1) * P);
+    if (sw != nullptr && sw[k] != T(0))
+      total += sw[k] * query_pass(net, Nq, s.thetas + (k + 1) * P, xq, yq, act, loss, q,
+                                  need_grad ? gq + k * P : static_cast<T*>(nullptr), sw[k]);
   }
-  const T* thK = s.thetas + K * P;
-  forward(net, Nq, thK, xq, act, q.WT, q.A);
-  const i64 O = net.d[net.L];
-  const i64 hL = net.H - O;
-  *loss_out = loss_value(loss, Nq, O, q.A + Nq * hL, yq.yf, yq.yi);
-  if (!need_grad) return;
-  loss_grad(loss, Nq, O, q.A + Nq * hL, yq.yf, yq.yi, q.D + Nq * hL, q.prob);
   T* v = g_theta;  // v_k lives in the output row
-  backward(net, Nq, thK, xq, act, q.A, q.E, q.D, v, static_cast<T*>(nullptr));
-  if (first_order) {
+  if (sw == nullptr) {
+    *loss_out = query_pass(net, Nq, s.thetas + K * P, xq, yq, act, loss, q, need_grad ? v : static_cast<T*>(nullptr),
+                           T(1));
+  } else {
+    *loss_out = total;
+  }
+  if (!need_grad) return;
+  if (sw != nullptr) {
+    if (sw[K - 1] != T(0))
+      copy(P, gq + (K - 1) * P, v);
+    else
+      fill(P, T(0), v);
+  }
+  if (first_order && sw == nullptr) {
     if (sum_g)
-      for (i64 i = 0; i < P; ++i) g_lr[i] = -g_lr[i] * v[i];
+      for (i64 r = 0; r < lr_rows; ++r)
+        for (i64 i = 0; i < P; ++i) g_lr[r * P + i] = -g_lr[r * P + i] * v[i];
     return;
   }
-  if (g_lr != nullptr) fill(P, T(0), g_lr);
+  if (g_lr != nullptr) fill(lr_rows * P, T(0), g_lr);
   for (i64 k = K - 1; k >= 0; --k) {
-    const T* th = s.thetas + k * P;
-    Scratch<T>& w = kept != nullptr ? kept[k] : s;
-    if (kept == nullptr && k + 1 < K) grad_at(net, Ns, th, xs, ys, act, loss, s);
-    reverse_step_pre(P, lr, w.g, v, s.u, g_lr);
-    rop(net, Ns, th, s.u, xs, act, loss, w.WT, w.A, w.E, w.D, w.prob, s.uWT, s.RZ, s.RA, s.RD, s.hu,
-        static_cast<T*>(nullptr));
-    sub_inplace(P, s.hu, v);
+    if (first_order) {
+      if (g_lr != nullptr) lr_grad(P, gk + k * P, v, g_lr + k * lr_step);  // gk is there when g_lr is
+    } else {
+      const T* th = s.thetas + k * P;
+      Scratch<T>& w = kept != nullptr ? kept[k] : s;
+      if (kept == nullptr && k + 1 < K) grad_at(net, Ns, th, xs, ys, act, loss, s);
+      reverse_step_pre(P, lr + k * lr_step, w.g, v, s.u, g_lr != nullptr ? g_lr + k * lr_step : g_lr);
+      rop(net, Ns, th, s.u, xs, act, loss, w.WT, w.A, w.E, w.D, w.prob, s.uWT, s.RZ, s.RA, s.RD, s.hu,
+          static_cast<T*>(nullptr));
+      sub_inplace(P, s.hu, v);
+    }
+    if (sw != nullptr && k >= 1 && sw[k - 1] != T(0))
+      for (i64 i = 0; i < P; ++i) v[i] += gq[(k - 1) * P + i];
   }
 }
 

@@ -9,7 +9,13 @@
 //   out            = mlp_fwd(theta_K, xq)                          [T, Nq, O]
 //   l_t, dl/dout     the task-mean query loss and its gradient (ATen, as the torch backend)
 //   dl/dtheta_K    = mlp_bwd(dl/dout, theta_K, xq)                 [T, P]
-//   dl/dtheta, dl/dlr = adapt_bwd(dl/dtheta_K, theta, lr, xs, ys)  [T, P] each
+//   dl/dtheta, dl/dlr = adapt_bwd(dl/dtheta_K, theta, lr, xs, ys)  [T, P], and lr's shape per task
+//
+// lr [K, P] (a rate per step) passes through to adapt_fwd / adapt_bwd. The multi-step
+// loss (step_weights w [K]) is composed one step at a time: theta_{k+1} = adapt_fwd
+// of one step with lr's row k, then the query loss and w[k] dl/dtheta_{k+1} at it;
+// going back, adapt_bwd of one step from v_{k+1} at theta_k gives v_k, to which
+// w[k-1] dl/dtheta_k is added (k >= 1). Exact; K launches of each op each way.
 //
 // Each op is dispatched by its tensors' device, below autograd. Nothing here is
 // device specific, so the CPU tests check the composition on the CPU ops.
@@ -18,6 +24,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "common/checks.h"
+
+#include <tuple>
+#include <vector>
 
 namespace metakern {
 namespace {
@@ -65,6 +74,29 @@ at::Tensor call_mlp_bwd_theta(const at::Tensor& grad_out, const at::Tensor& thet
   return std::get<0>(op.call(grad_out, theta, x, dims, act, /*need_x=*/false));
 }
 
+// The task-mean query loss of out [T, Nq, O] against yq, per task [T], and (when
+// d_out != nullptr) its gradient with respect to out, in ATen as the torch backend.
+at::Tensor query_loss(const at::Tensor& out, const at::Tensor& yq, int64_t loss, int64_t Nq, int64_t O,
+                      at::Tensor* d_out) {
+  if (loss == kMSE) {  // MSE, mean over the task's Nq * O entries
+    const at::Tensor diff = out - yq;
+    if (d_out != nullptr) *d_out = diff * (2.0 / static_cast<double>(Nq * O));
+    return diff.square().mean({1, 2});
+  }
+  // cross-entropy, mean over the task's Nq points
+  const at::Tensor logp = at::log_softmax(out, -1);
+  const at::Tensor idx = yq.unsqueeze(-1);
+  if (d_out != nullptr) {
+    const at::Tensor p = logp.exp();
+    *d_out = p.scatter(-1, idx, p.gather(-1, idx) - 1).mul_(1.0 / static_cast<double>(Nq));
+  }
+  return logp.gather(-1, idx).squeeze(-1).mean(1).neg();
+}
+
+// Step k's rate: lr itself ([P]) or its row k ([K, P]; a row of a contiguous matrix
+// is contiguous).
+at::Tensor lr_row(const at::Tensor& lr, int64_t k) { return lr.dim() == 2 ? lr.select(0, k) : lr; }
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_composed(const at::Tensor& theta, const at::Tensor& lr,
@@ -72,37 +104,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_composed(const at::Tenso
                                                                  const at::Tensor& xq, const at::Tensor& yq,
                                                                  at::IntArrayRef dims, int64_t steps, int64_t loss,
                                                                  int64_t act, bool first_order, bool need_grad,
-                                                                 bool need_lr) {
+                                                                 bool need_lr,
+                                                                 const c10::optional<at::Tensor>& step_weights) {
   int64_t Nq = 0;
   // The query set is validated here (the ops below check the support set again, and xq).
   const Problem pr = check_maml(kMamlFwd, theta, lr, xs, ys, xq, yq, dims, steps, loss, act, &Nq);
+  check_step_weights(kMamlFwd, step_weights, steps, theta);
   at::AutoDispatchBelowADInplaceOrView below;  // the ops' own autograd formulas are not wanted
   at::NoGradGuard no_grad;
   const at::Tensor none = at::empty({0, pr.P}, theta.options());
-  if (pr.T == 0) return {at::empty({0}, theta.options()), none, none};
+  if (pr.T == 0) {  // no task: the shapes of the fused kernel's results
+    const bool lr_rows = pr.lr_per_step && need_grad && need_lr;
+    return {at::empty({0}, theta.options()), none, lr_rows ? at::empty({0, steps, pr.P}, theta.options()) : none};
+  }
 
-  const at::Tensor theta_k = call_adapt_fwd(theta, lr, xs, ys, dims, steps, loss, act);
-  const at::Tensor out = call_mlp_fwd(theta_k, xq, dims, act);
-  at::Tensor losses, d_out;
-  if (loss == kMSE) {  // MSE, mean over the task's Nq * O entries
-    const at::Tensor diff = out - yq;
-    losses = diff.square().mean({1, 2});
-    if (need_grad) d_out = diff * (2.0 / static_cast<double>(Nq * pr.O));
-  } else {  // cross-entropy, mean over the task's Nq points
-    const at::Tensor logp = at::log_softmax(out, -1);
-    const at::Tensor idx = yq.unsqueeze(-1);
-    losses = logp.gather(-1, idx).squeeze(-1).mean(1).neg();
-    if (need_grad) {
-      const at::Tensor p = logp.exp();
-      d_out = p.scatter(-1, idx, p.gather(-1, idx) - 1).mul_(1.0 / static_cast<double>(Nq));
-    }
+  if (!step_weights.has_value() || !step_weights->defined()) {
+    // the objective at theta_K: one adapt_fwd of K steps, one adapt_bwd of K steps
+    const at::Tensor theta_k = call_adapt_fwd(theta, lr, xs, ys, dims, steps, loss, act);
+    const at::Tensor out = call_mlp_fwd(theta_k, xq, dims, act);
+    at::Tensor d_out;
+    const at::Tensor losses = query_loss(out, yq, loss, Nq, pr.O, need_grad ? &d_out : nullptr);
+    if (!need_grad) return {losses, none, none};
+    const at::Tensor g_k = call_mlp_bwd_theta(d_out, theta_k, xq, dims, act);
+    at::Tensor g_theta, g_lr, g_x;
+    std::tie(g_theta, g_lr, g_x) = call_adapt_bwd(g_k, theta, lr, xs, ys, dims, steps, loss, act, first_order);
+    return {losses, g_theta, need_lr ? g_lr : none};
+  }
+
+  // The multi-step loss sum_k w[k-1] L_query(theta_k), one step at a time.
+  const at::Tensor& w = *step_weights;
+  std::vector<at::Tensor> path{theta};  // theta_0 .. theta_K
+  std::vector<at::Tensor> gq;           // w[k-1] dL_query/dtheta_k, k = 1 .. K
+  at::Tensor losses;
+  for (int64_t k = 0; k < steps; ++k) {
+    path.push_back(call_adapt_fwd(path.back(), lr_row(lr, k), xs, ys, dims, 1, loss, act));
+    const at::Tensor out = call_mlp_fwd(path.back(), xq, dims, act);
+    at::Tensor d_out;
+    const at::Tensor wk = w.select(0, k);
+    const at::Tensor l = query_loss(out, yq, loss, Nq, pr.O, need_grad ? &d_out : nullptr) * wk;
+    losses = k == 0 ? l : losses + l;
+    if (need_grad) gq.push_back(call_mlp_bwd_theta(d_out * wk, path.back(), xq, dims, act));
   }
   if (!need_grad) return {losses, none, none};
 
-  const at::Tensor g_k = call_mlp_bwd_theta(d_out, theta_k, xq, dims, act);
-  at::Tensor g_theta, g_lr, g_x;
-  std::tie(g_theta, g_lr, g_x) = call_adapt_bwd(g_k, theta, lr, xs, ys, dims, steps, loss, act, first_order);
-  return {losses, g_theta, need_lr ? g_lr : none};
+  at::Tensor v = gq[steps - 1];
+  std::vector<at::Tensor> g_lr_rows(steps);
+  for (int64_t k = steps - 1; k >= 0; --k) {
+    at::Tensor g_x;
+    std::tie(v, g_lr_rows[k], g_x) =
+        call_adapt_bwd(v, path[k], lr_row(lr, k), xs, ys, dims, 1, loss, act, first_order);
+    if (k >= 1) v = v + gq[k - 1];
+  }
+  if (!need_lr) return {losses, v, none};
+  // per task, lr's shape: the rows stacked ([T, K, P]) or summed over the steps ([T, P])
+  at::Tensor g_lr = at::stack(g_lr_rows, 1);
+  if (!pr.lr_per_step) g_lr = g_lr.sum(1);
+  return {losses, v, g_lr};
 }
 
 }  // namespace metakern

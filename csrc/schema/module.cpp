@@ -125,15 +125,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_max_layers", &cuda_max_layers, "The most layers (len(dims) - 1) the CUDA kernels support.");
   m.def("maml_loss", &metakern::maml_loss,
         "The MAML objective over metakern::maml_fwd as one C++ autograd node: (params, lr, xs, ys, xq, yq, "
-        "dims, per_task, steps, loss, act, first_order, reduction) -> loss; reduction 0 mean, 1 sum, 2 none.",
+        "dims, per_task, steps, loss, act, first_order, reduction, step_weights=None) -> loss; lr [P] or [K, P] "
+        "(a row per inner step); reduction 0 mean, 1 sum, 2 none; step_weights [K] (a constant): the multi-step "
+        "loss sum_k step_weights[k-1] * L_query(theta_k).",
         pybind11::arg("params"), pybind11::arg("lr"), pybind11::arg("xs"), pybind11::arg("ys"), pybind11::arg("xq"),
         pybind11::arg("yq"), pybind11::arg("dims"), pybind11::arg("per_task"), pybind11::arg("steps"),
-        pybind11::arg("loss"), pybind11::arg("act"), pybind11::arg("first_order"), pybind11::arg("reduction"));
+        pybind11::arg("loss"), pybind11::arg("act"), pybind11::arg("first_order"), pybind11::arg("reduction"),
+        pybind11::arg("step_weights") = pybind11::none());
   m.def("maml_fwd_composed", &metakern::maml_fwd_composed,
         "metakern::maml_fwd composed from adapt_fwd, mlp_fwd, mlp_bwd and adapt_bwd on the tensors' device (the "
         "CUDA implementation of maml_fwd; exposed for tests). Arguments and results as maml_fwd.",
         pybind11::arg("theta"), pybind11::arg("lr"), pybind11::arg("xs"), pybind11::arg("ys"), pybind11::arg("xq"),
         pybind11::arg("yq"), pybind11::arg("dims"), pybind11::arg("steps"), pybind11::arg("loss"),
         pybind11::arg("act"), pybind11::arg("first_order"), pybind11::arg("need_grad"),
-        pybind11::arg("need_lr") = true);
+        pybind11::arg("need_lr") = true, pybind11::arg("step_weights") = pybind11::none());
 }

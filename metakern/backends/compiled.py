@@ -88,15 +88,18 @@ class _CompiledBackend(Backend):
     # The MAML objective: metakern::maml_fwd (CPU: one fused kernel, csrc/cpu; CUDA:
     # the four kernels composed in C++, csrc/cuda) under the C++ node.
     @staticmethod
-    def maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
+    def maml_loss(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction,
+                  step_weights=None):
         # pybind11 converts any sequence to the std::vector arguments itself
-        return _EXT.maml_loss(params, lr, xs, ys, xq, yq, dims, per_task, steps, loss, act, first_order, reduction)
+        return _EXT.maml_loss(params, lr, xs, ys, xq, yq, dims, per_task, steps, loss, act, first_order, reduction,
+                              step_weights)
 
     @staticmethod
-    def maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True):
+    def maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True,
+                 step_weights=None):
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.metakern.maml_fwd(theta, lr, xs, ys, xq, yq, list(dims), steps, loss, act, first_order,
-                                               need_grad, need_lr)
+                                               need_grad, need_lr, step_weights)
 
 
 class CppBackend(_CompiledBackend):
