@@ -432,7 +432,7 @@ def test_mamlpp_schedule_from_the_command_line(tmp_path, capsys):
     assert cli.main([*base, "--iterations", "5", "--save", str(ckpt)]) == 0
     ck = torch.load(ckpt)
     assert ck["config"]["epoch_length"] == 2 and ck["config"]["msl_epochs"] == 2
-    assert [tuple(v.shape) for k, v in ck["state_dict"].items() if k.startswith("lrs.")] == [(2,)] * 6
+    assert [tuple(v.shape) for k, v in ck["state_dict"].items() if k.startswith("lrs.")] == [(2,)] * 4
     assert cli.main([*base, "--iterations", "6", "--resume", str(ckpt)]) == 0
     with pytest.raises(ValueError, match="--epoch-length 2, this run has --epoch-length 3"):
         cli.main([*base[:-6], "--epoch-length", "3", "--msl-epochs", "2", "--first-order-epochs", "1",

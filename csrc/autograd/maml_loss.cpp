@@ -156,13 +156,7 @@ struct MamlLossBackward : public torch::autograd::Node {
     TORCH_CHECK(schema.has_value(),
                 "metakern maml_loss: a backward with create_graph=True needs the Python package's "
                 "metakern_py::maml_loss_grads_with_graph; import metakern first");
-    // Its last argument, Tensor? step_weights, is optional: an older Python layer that
-    // lacks it still serves the objective without step weights.
     const at::Tensor sw = step_weights.unpack();
-    const bool takes_weights = schema->schema().arguments().size() >= 16;
-    TORCH_CHECK(takes_weights || !sw.defined(),
-                "metakern maml_loss: a backward with create_graph=True of the multi-step loss (step_weights) needs "
-                "metakern_py::maml_loss_grads_with_graph to take step_weights; this Python package's does not");
     const size_t n = spec.per_task.size();
     std::vector<at::Tensor> params;
     for (size_t i = 0; i < n; ++i) params.push_back(inputs[5 + i].unpack());
@@ -181,7 +175,7 @@ struct MamlLossBackward : public torch::autograd::Node {
     stack.emplace_back(spec.first_order);
     stack.emplace_back(spec.reduction);
     stack.emplace_back(needs);
-    if (takes_weights) stack.emplace_back(sw.defined() ? c10::IValue(sw) : c10::IValue());
+    stack.emplace_back(sw.defined() ? c10::IValue(sw) : c10::IValue());
     schema->callBoxed(stack);
     const std::vector<at::Tensor> got = stack.at(0).toTensorVector();
     variable_list out(1 + n);
