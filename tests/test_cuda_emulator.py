@@ -6,6 +6,9 @@ serialised between barriers in several orders) and compares all four ops with th
 torch backend: values, every output written, no shared-memory overrun, and identical
 bits for every thread order (a race between barriers changes them). It is no
 substitute for a GPU run, but every CI run checks the CUDA arithmetic and indexing.
+Per-step rates (``lr`` ``[K, P]``, ``g_lr`` ``[T, K, P]``) are checked against float64
+autograd through the unrolled loop (``tests/reference.py``), for K = 1, 2, 3, both
+orders and both losses.
 """
 import os
 import subprocess

@@ -62,6 +62,9 @@ Params<T> base_params(const MlpShape& s, const LaunchCfg& cfg, const at::Tensor&
   return p;
 }
 
+// lr [P] is every step's rate (row stride 0); lr [K, P] holds step k's rate in row k.
+int64_t lr_stride(const at::Tensor& lr, const MlpShape& s) { return lr.dim() == 2 ? s.P : 0; }
+
 template <typename T>
 void launch(void (*kernel)(const Params<T>), int64_t blocks, const LaunchCfg& cfg, const Params<T>& p) {
   if (blocks == 0) return;
@@ -94,6 +97,7 @@ at::Tensor adapt_fwd(const at::Tensor& theta, const at::Tensor& lr, const at::Te
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "adapt_fwd_cuda", [&] {
     Params<scalar_t> p = base_params<scalar_t>(s, cfg, theta, x, N, steps);
     p.lr = lr.data_ptr<scalar_t>();
+    p.lr_stride = lr_stride(lr, s);
     if (loss == kLossMSE)
       p.yf = y.data_ptr<scalar_t>();
     else
@@ -115,7 +119,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapt_bwd(const at::Tensor& grad,
   const int64_t T = x.size(0), N = x.size(1), P = s.P;
   check_int_sizes(kAdaptBwd, N, steps);
   at::Tensor g_theta = at::empty({T, P}, theta.options());
-  at::Tensor g_lr = at::empty({T, P}, theta.options());
+  // g_lr keeps lr's step axis: [T, P] for lr [P], [T, K, P] for lr [K, P].
+  at::Tensor g_lr = lr.dim() == 2 ? at::empty({T, steps, P}, theta.options()) : at::empty({T, P}, theta.options());
   at::Tensor g_x = at::empty({T, N, static_cast<int64_t>(s.d[0])}, theta.options());
   if (T == 0) return {g_theta, g_lr, g_x};
   const bool second = !first_order;
@@ -126,6 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapt_bwd(const at::Tensor& grad,
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "adapt_bwd_cuda", [&] {
     Params<scalar_t> p = base_params<scalar_t>(s, cfg, theta, x, N, steps);
     p.lr = lr.data_ptr<scalar_t>();
+    p.lr_stride = lr_stride(lr, s);
     if (loss == kLossMSE)
       p.yf = y.data_ptr<scalar_t>();
     else

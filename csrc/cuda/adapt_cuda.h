@@ -13,11 +13,11 @@
 namespace metakern {
 namespace cuda_impl {
 
-// theta_K [T, P] (docs/kernels.md, adapt_fwd).
+// theta_K [T, P] (docs/kernels.md, adapt_fwd). lr is [P] (every step) or [K, P] (row k for step k).
 at::Tensor adapt_fwd(const at::Tensor& theta, const at::Tensor& lr, const at::Tensor& x, const at::Tensor& y,
                      c10::IntArrayRef dims, int64_t steps, int64_t loss, int64_t act);
 
-// Per task (g_theta [T, P], g_lr [T, P], g_x [T, N, D]) (adapt_bwd).
+// Per task (g_theta [T, P], g_lr [T, P] for lr [P] or [T, K, P] for lr [K, P], g_x [T, N, D]) (adapt_bwd).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adapt_bwd(const at::Tensor& grad, const at::Tensor& theta,
                                                          const at::Tensor& lr, const at::Tensor& x,
                                                          const at::Tensor& y, c10::IntArrayRef dims, int64_t steps,

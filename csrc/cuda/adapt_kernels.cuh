@@ -49,13 +49,14 @@ struct Params {
   SmemPlan pl;
   const T* theta;        // [P] (theta_stride 0, shared) or [T, P] (theta_stride P)
   int64_t theta_stride;
-  const T* lr;           // [P]
+  const T* lr;           // [P] (lr_stride 0, every step's rate) or [K, P] (lr_stride P, row k for step k)
+  int64_t lr_stride;
   const T* x;            // [T, N, D]
   const T* yf;           // MSE targets [T, N, O]; mlp_bwd: grad_out [T, N, O]
   const int64_t* yi;     // cross-entropy class indices [T, N], range-checked on the host
   const T* grad;         // adapt_bwd: v_K [T, P]
   T* out;                // adapt_fwd theta_K [T, P]; adapt_bwd / mlp_bwd g_theta [T, P]; mlp_fwd out [T, N, O]
-  T* out2;               // adapt_bwd g_lr [T, P]
+  T* out2;               // adapt_bwd g_lr: [T, P] (lr_stride 0) or [T, K, P] (lr_stride P)
   T* gx;                 // adapt_bwd / mlp_bwd g_x [T, N, D]
   T* scratch;            // adapt_bwd theta_1 .. theta_{K-1}: [T, K-1, P]
   int N;                 // points per task
@@ -356,7 +357,8 @@ __device__ __forceinline__ void task_pass(const Params<T>& p, T* sm, int t, T sc
 }
 
 // ------------------------------------------------------------------ adapt_fwd
-// Per task t (block t): theta_0 = theta, theta_{k+1} = theta_k - lr * g_k, out[t] = theta_K.
+// Per task t (block t): theta_0 = theta, theta_{k+1} = theta_k - lr_k * g_k, out[t] = theta_K,
+// lr_k = lr + k * lr_stride (the same [P] row for every step when lr_stride is 0).
 template <typename T, int ACT, int LOSS>
 __global__ void __launch_bounds__(kMaxThreads, 1) adapt_fwd_kernel(const __grid_constant__ Params<T> p) {
   extern __shared__ __align__(16) unsigned char mk_smem[];
@@ -366,7 +368,6 @@ __global__ void __launch_bounds__(kMaxThreads, 1) adapt_fwd_kernel(const __grid_
   const int P = p.s.P;
   T* th = sm + p.pl.th;
   T* gacc = sm + p.pl.gacc;
-  const T* __restrict__ lr = p.lr;
 
   const T* th0 = p.theta + int64_t(t) * p.theta_stride;
   for (int i = tid; i < P; i += nthr) {
@@ -378,6 +379,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) adapt_fwd_kernel(const __grid_
   const T scale = loss_scale_of<T, LOSS>(p.N, p.s.d[p.s.L]);
   for (int k = 0; k < p.K; ++k) {
     task_pass<T, ACT, LOSS, false>(p, sm, t, scale, kGxNone);  // gacc = g_k
+    const T* __restrict__ lr = p.lr + int64_t(k) * p.lr_stride;  // lr_k
     for (int i = tid; i < P; i += nthr) {
       th[i] -= lr[i] * gacc[i];
       gacc[i] = T(0);
@@ -389,12 +391,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1) adapt_fwd_kernel(const __grid_
 }
 
 // ------------------------------------------------------------------ adapt_bwd
-// Per task t, v_K = grad[t]:
+// Per task t, v_K = grad[t], lr_k = lr + k * lr_stride, g_lr_k = out2[t] + k * lr_stride:
 //   RPASS (second order): recompute theta_1 .. theta_{K-1} into scratch[t]
 //   (theta_0 is the input); then for k = K-1 .. 0 at theta_k:
-//     u = lr * v_{k+1};  g_lr -= g_k * v_{k+1};  v_k = v_{k+1} - H_k u;
+//     u = lr_k * v_{k+1};  g_lr_k -= g_k * v_{k+1};  v_k = v_{k+1} - H_k u;
 //     g_x -= R{delta_0} (need_x).
-//   First order: v_k = v_K for all k, g_lr = -sum_k g_k * v_K, g_x = 0.
+//   First order: v_k = v_K for all k, g_lr_k -= g_k * v_K, g_x = 0.
+//   With lr [P] (lr_stride 0) every g_lr_k is the one row out2[t], which so sums
+//   the steps' terms; with lr [K, P] out2[t] is [K, P], one row per step.
 //   out[t] = v_0, out2[t] = g_lr, gx[t] = g_x (zeros unless RPASS && need_x).
 // v lives in out[t] (global); element i is only ever read and written by thread
 // i % blockDim in the update loops, u in shared memory.
@@ -410,10 +414,13 @@ __global__ void __launch_bounds__(kMaxThreads, 1) adapt_bwd_kernel(const __grid_
   T* gacc = sm + p.pl.gacc;
   T* u = sm + p.pl.u;
   T* hacc = sm + p.pl.hacc;
+  const int64_t lrs = p.lr_stride;  // 0 or P
   const T* __restrict__ lr = p.lr;
   const T* th0 = p.theta + int64_t(t) * p.theta_stride;
   T* v = p.out + int64_t(t) * P;
-  T* glr = p.out2 + int64_t(t) * P;
+  // g_lr of task t: one [P] row (lrs 0) or K rows (lrs P); every row starts at zero.
+  const int64_t glr_len = lrs == 0 ? int64_t(P) : int64_t(K) * P;
+  T* glr = p.out2 + int64_t(t) * glr_len;
   // RPASS: theta_m (1 <= m < K) at scr + (m-1) P
   T* scr = (RPASS && K > 1) ? p.scratch + int64_t(t) * (K - 1) * P : nullptr;
 
@@ -421,14 +428,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1) adapt_bwd_kernel(const __grid_
   for (int i = tid; i < P; i += nthr) {
     const T g = vK[i];
     v[i] = g;
-    glr[i] = T(0);
     th[i] = th0[i];
     gacc[i] = T(0);
     if constexpr (RPASS) {
-      u[i] = lr[i] * g;
+      if (K > 0) u[i] = lr[(K - 1) * lrs + i] * g;  // lr_{K-1} * v_K
       hacc[i] = T(0);
     }
   }
+  for (int64_t e = tid; e < glr_len; e += nthr) glr[e] = T(0);  // visible to all after the barrier below
   T* gx = p.gx + int64_t(t) * ND;
   for (int64_t e = tid; e < ND; e += nthr) gx[e] = T(0);
   __syncthreads();
@@ -439,41 +446,46 @@ __global__ void __launch_bounds__(kMaxThreads, 1) adapt_bwd_kernel(const __grid_
     // accumulated walking the trajectory forward; no scratch, no reverse loop.
     for (int k = 0; k < K; ++k) {
       task_pass<T, ACT, LOSS, false>(p, sm, t, scale, kGxNone);  // gacc = g_k
+      const T* __restrict__ lrk = lr + k * lrs;
+      T* __restrict__ glrk = glr + k * lrs;
       for (int i = tid; i < P; i += nthr) {
         const T g = gacc[i];
-        glr[i] -= g * vK[i];
-        if (k + 1 < K) th[i] -= lr[i] * g;  // theta_{k+1}
+        glrk[i] -= g * vK[i];
+        if (k + 1 < K) th[i] -= lrk[i] * g;  // theta_{k+1}
         gacc[i] = T(0);
       }
       __syncthreads();
     }
   } else {
-    // Trajectory: theta_{k+1} = theta_k - lr * g_k for k < K-1 (theta_K is not needed).
+    // Trajectory: theta_{k+1} = theta_k - lr_k * g_k for k < K-1 (theta_K is not needed).
     for (int k = 0; k + 1 < K; ++k) {
       task_pass<T, ACT, LOSS, false>(p, sm, t, scale, kGxNone);
       T* dst = scr + int64_t(k) * P;  // theta_{k+1}
+      const T* __restrict__ lrk = lr + k * lrs;
       for (int i = tid; i < P; i += nthr) {
-        const T nt = th[i] - lr[i] * gacc[i];
+        const T nt = th[i] - lrk[i] * gacc[i];
         th[i] = nt;
         dst[i] = nt;
         gacc[i] = T(0);
       }
       __syncthreads();
     }
-    // Reverse loop; th holds theta_k and u = lr * v_{k+1}.
+    // Reverse loop; th holds theta_k and u = lr_k * v_{k+1}.
     const int gx_mode = p.need_x ? kGxMinusRDelta : kGxNone;
     for (int k = K - 1; k >= 0; --k) {
       task_pass<T, ACT, LOSS, true>(p, sm, t, scale, gx_mode);  // gacc = g_k, hacc = H_k u
       const T* prev = k >= 2 ? scr + int64_t(k - 2) * P : th0;   // theta_{k-1}
+      T* __restrict__ glrk = glr + k * lrs;
+      const T* __restrict__ lrp = lr + (k > 0 ? k - 1 : 0) * lrs;  // lr_{k-1}, read only when k > 0
       for (int i = tid; i < P; i += nthr) {
         const T vk1 = v[i];  // v_{k+1}
         const T vk = vk1 - hacc[i];
-        glr[i] -= gacc[i] * vk1;
+        glrk[i] -= gacc[i] * vk1;
         v[i] = vk;
         gacc[i] = T(0);
         hacc[i] = T(0);
         if (k > 0) {
-          u[i] = lr[i] * vk;
+          u[i] = lrp[i] * vk;  // the next (earlier) step's u = lr_{k-1} * v_k
           th[i] = prev[i];
         }
       }

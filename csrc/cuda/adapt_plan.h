@@ -13,6 +13,8 @@
 //   adapt_bwd second order:            4 P + nb (S + (S - ld_0) + 4 Wd)
 //   mlp_bwd:                           2 P + nb (S - ld_L + 2 Wd)
 //   mlp_fwd:                           1 P + nb (2 Wi)
+// lr ([P], or row k of [K, P] at step k) is read from global memory and is not in
+// the plan, so the plan does not depend on lr's form.
 // The call is accepted when nb = 1 fits the device's opt-in limit per block
 // (227 KiB on H100/H200, 163 KiB on A100); nb is then as large as fits (all N
 // points when possible) and the points are processed in ceil(N / nb) chunks.

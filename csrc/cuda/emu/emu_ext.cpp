@@ -84,6 +84,7 @@ at::Tensor emu_adapt_fwd(at::Tensor theta, at::Tensor lr, at::Tensor x, at::Tens
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "emu", [&] {
     auto p = base<scalar_t>(s, cfg, theta, x, N, steps);
     p.lr = lr.data_ptr<scalar_t>();
+    p.lr_stride = lr.dim() == 2 ? s.P : 0;  // [K, P]: row k for step k
     if (loss == 0) p.yf = y.data_ptr<scalar_t>(); else p.yi = y.data_ptr<int64_t>();
     p.out = out.data_ptr<scalar_t>();
     MK_ACT_SWITCH(act, kAct, [&] { MK_LOSS_SWITCH(loss, kLoss, [&] {
@@ -98,7 +99,7 @@ std::vector<at::Tensor> emu_adapt_bwd(at::Tensor grad, at::Tensor theta, at::Ten
   MlpShape s = make_shape("emu", dims);
   int64_t T = x.size(0), N = x.size(1), P = s.P;
   auto gth = poisoned({T, P}, theta.options());
-  auto glr = poisoned({T, P}, theta.options());
+  auto glr = lr.dim() == 2 ? poisoned({T, steps, P}, theta.options()) : poisoned({T, P}, theta.options());
   auto gx = poisoned({T, N, (int64_t)s.d[0]}, theta.options());
   bool second = !first_order;
   LaunchCfg cfg = configure("emu", s, N, kPlanAdapt, second, theta.element_size(), limit, max_nb);
@@ -106,6 +107,7 @@ std::vector<at::Tensor> emu_adapt_bwd(at::Tensor grad, at::Tensor theta, at::Ten
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "emu", [&] {
     auto p = base<scalar_t>(s, cfg, theta, x, N, steps);
     p.lr = lr.data_ptr<scalar_t>();
+    p.lr_stride = lr.dim() == 2 ? s.P : 0;  // [K, P]: row k for step k
     if (loss == 0) p.yf = y.data_ptr<scalar_t>(); else p.yi = y.data_ptr<int64_t>();
     p.grad = grad.data_ptr<scalar_t>();
     p.out = gth.data_ptr<scalar_t>();
