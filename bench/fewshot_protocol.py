@@ -36,7 +36,17 @@ Omniglot one uses strided convolutions; batch norm with a scale; see ``mk.Conv4`
 and the MLP has no batch norm. ANIL and Meta-SGD use MAML's inner rates and steps
 (Meta-SGD's rates start there).
 
+``--task wordnet`` (``--labels lexname|domain``, ``--features minilm|glove|tfidf``) runs
+the few-shot text protocol instead: 5-way 1-shot and 5-shot over sentence features of
+WordNet glosses (``metakern.tasks.wordnet``, classes of the test split unseen in
+training), the CLI's wordnet settings (an MLP 384-256-5 for MiniLM, meta-batch 32, inner
+lr 0.4, 1 inner step in training, 1 and 10 at test), rows ``maml-mlp``, ``fomaml-mlp``,
+``metasgd-mlp`` and ``anil-mlp`` (the hidden layer and its ReLU meta-learned, the linear
+head adapted), each beside its plain reference, and a nearest class mean row
+(``metakern.train.prototype_test``, no training) on the same test tasks.
+
     python bench/fewshot_protocol.py --iterations 2000 --out bench/results/fewshot_protocol.csv
+    python bench/fewshot_protocol.py --task wordnet --labels domain --iterations 300 --out bench/results/wordnet_protocol.csv
     python bench/fewshot_protocol.py --quick --settings 5w1s --out /tmp/quick.csv   # a small end-to-end check
     python bench/fewshot_protocol.py --table bench/results/fewshot_protocol.csv   # the README's table
 """
@@ -69,6 +79,20 @@ ROWS = {  # name: (algorithm, model)
     "maml-conv4": ("maml", "conv4"),
 }
 IMPLS = ("metakern", "plain")
+
+# --task wordnet: 5-way 1- and 5-shot over sentence features of WordNet glosses, with the
+# CLI's wordnet defaults (the MAML paper's 5-way settings, an MLP 384-256-5)
+WORDNET_SETTINGS = {
+    "5w1s": (5, 1, 32, 0.4, 1, 10),
+    "5w5s": (5, 5, 32, 0.4, 1, 10),
+}
+WORDNET_ROWS = {  # the body of ANIL's MLP is its hidden layer (with its ReLU), its head one linear layer
+    "maml-mlp": ("maml", "mlp"),
+    "fomaml-mlp": ("fomaml", "mlp"),
+    "metasgd-mlp": ("metasgd", "mlp"),
+    "anil-mlp": ("anil", "mlp"),
+}
+WORDNET_HIDDEN = (256,)
 
 
 # ----------------------------------------------------------------------------- plain PyTorch
@@ -133,6 +157,11 @@ class PlainLearner(torch.nn.Module):
         return list(self.lrs) if self.algo == "metasgd" else [self.lr] * len(self.theta)
 
     def _features(self, x):
+        if self.model == "mlp":  # ANIL's MLP body: every linear layer followed by a ReLU
+            h, body = x.flatten(2), list(self.body)
+            for l in range(0, len(body), 2):
+                h = torch.relu(F.linear(h, body[l], body[l + 1]))
+            return h
         return torch.stack([_conv_body(list(self.body), x[t]) for t in range(x.shape[0])])
 
     def _adapt_batched(self, xs, ys, steps, create_graph):
@@ -160,7 +189,7 @@ class PlainLearner(torch.nn.Module):
                 lq.backward()
                 total += lq.item()
             return total
-        if self.model == "conv4":
+        if self.algo == "anil":
             xs, xq = self._features(xs), self._features(xq)
         else:
             xs, xq = xs.flatten(2), xq.flatten(2)
@@ -177,7 +206,7 @@ class PlainLearner(torch.nn.Module):
                 fast = [[v.detach() for v in self._adapt_conv(xs[t], ys[t], steps, False)] for t in range(xs.shape[0])]
                 return lambda xq: torch.stack(
                     [F.linear(_conv_body(p[:16], xq[t]), p[16], p[17]) for t, p in enumerate(fast)])
-            feats = self._features if self.model == "conv4" else (lambda x: x.flatten(2))
+            feats = self._features if self.algo == "anil" else (lambda x: x.flatten(2))
             fast = [v.detach() for v in self._adapt_batched(feats(xs), ys, steps, False)]
         return lambda xq: _mlp(fast, feats(xq))
 
@@ -275,15 +304,15 @@ def _pairs(learner, plain):
     return list(zip(theirs, ours))
 
 
-def parse_row_iterations(text):
+def parse_row_iterations(text, rows=ROWS, settings=SETTINGS):
     """``"maml-conv4=50,anil-conv4@20w1s=20"`` -> ``{("maml-conv4", None): 50, ("anil-conv4", "20w1s"): 20}``."""
     out = {}
     for item in filter(None, (s.strip() for s in (text or "").split(","))):
         key, sep, n = item.partition("=")
         row, _, setting = key.partition("@")
-        if not sep or row not in ROWS or (setting and setting not in SETTINGS) or not n.isdigit():
-            raise ValueError(f"--row-iterations takes ROW=N or ROW@SETTING=N items (rows {list(ROWS)}, settings "
-                             f"{list(SETTINGS)}), got {item!r}")
+        if not sep or row not in rows or (setting and setting not in settings) or not n.isdigit():
+            raise ValueError(f"--row-iterations takes ROW=N or ROW@SETTING=N items (rows {list(rows)}, settings "
+                             f"{list(settings)}), got {item!r}")
         out[(row, setting or None)] = int(n)
     return out
 
@@ -298,8 +327,19 @@ def _names(text, known, what):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, of " + ", ".join(SETTINGS))
-    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated, of " + ", ".join(ROWS))
+    p.add_argument("--task", choices=("kanji", "wordnet"), default="kanji",
+                   help="kanji (images, the default) or wordnet (sentence features of WordNet glosses)")
+    p.add_argument("--labels", choices=("lexname", "domain"), default="lexname", help="--task wordnet: the classes")
+    p.add_argument("--features", choices=("minilm", "glove", "tfidf"), default="minilm",
+                   help="--task wordnet: the sentence features")
+    p.add_argument("--data-root", default=None,
+                   help="--task wordnet: the WordNet folder (default: metakern.tasks.wordnet's search)")
+    p.add_argument("--settings", default=None,
+                   help="comma-separated, of " + ", ".join(SETTINGS) + " (kanji) or " + ", ".join(WORDNET_SETTINGS)
+                        + " (wordnet); all by default")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated, of " + ", ".join(ROWS) + " (kanji) or " + ", ".join(WORDNET_ROWS)
+                        + " (wordnet); all by default")
     p.add_argument("--impls", default=",".join(IMPLS), help="metakern, plain or both")
     p.add_argument("--iterations", type=int, default=1000, help="meta-iterations of every row")
     p.add_argument("--row-iterations", default="",
@@ -327,22 +367,53 @@ def main(argv=None):
         return
     if a.quick:
         a.iterations, a.limit, a.filters, a.test_tasks, a.queries = 2, a.limit or 80, 4, 5, 3
-    settings = _names(a.settings, SETTINGS, "settings")
-    rows = _names(a.rows, ROWS, "rows")
+    wordnet = a.task == "wordnet"
+    all_settings, all_rows = (WORDNET_SETTINGS, WORDNET_ROWS) if wordnet else (SETTINGS, ROWS)
+    if not wordnet and (a.labels != "lexname" or a.features != "minilm" or a.data_root):
+        raise ValueError("--labels, --features and --data-root are for --task wordnet")
+    settings = _names(a.settings or ",".join(all_settings), all_settings, "settings")
+    rows = _names(a.rows or ",".join(all_rows), all_rows, "rows")
     impls = _names(a.impls, IMPLS, "impls")
-    overrides = parse_row_iterations(a.row_iterations)
+    overrides = parse_row_iterations(a.row_iterations, all_rows, all_settings)
     progress = not a.no_progress
     if a.threads:
         torch.set_num_threads(a.threads)
     for setting in settings:
-        ways, shots, meta_batch, lr, steps, test_steps = SETTINGS[setting]
-        kw = dict(ways=ways, shots=shots, queries=a.queries, limit=a.limit, cache_dir=a.cache_dir, progress=progress)
-        train_task, test_task = mk.tasks.kanji(split="train", **kw), mk.tasks.kanji(split="test", **kw)
+        ways, shots, meta_batch, lr, steps, test_steps = all_settings[setting]
+        kw = dict(ways=ways, shots=shots, queries=a.queries, cache_dir=a.cache_dir, progress=progress)
+        if wordnet:
+            kw.update(root=a.data_root, labels=a.labels, features=a.features)
+            train_task, test_task = mk.tasks.wordnet(split="train", **kw), mk.tasks.wordnet(split="test", **kw)
+        else:
+            train_task, test_task = (mk.tasks.kanji(split=s, limit=a.limit, **kw) for s in ("train", "test"))
+
+        def stamp(**row):
+            """The CSV columns every row has (the wordnet ones last, so kanji's CSV keeps its header)."""
+            out = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       device=a.machine, torch=torch.__version__, threads=torch.get_num_threads(), setting=setting,
+                       ways=ways, shots=shots, queries=a.queries)
+            out.update(row)
+            if wordnet:
+                out.update(task="wordnet", labels=a.labels, features=a.features)
+            return out
+
+        if wordnet and a.out and not a.lockstep:  # the nearest class mean on the same test tasks as meta_test's
+            res = T.prototype_test(test_task, tasks=a.test_tasks, batch=100,
+                                   generator=torch.Generator().manual_seed(a.seed + 2))
+            print(f"{setting} nearest class mean: {res}", flush=True)
+            append_rows(a.out, [stamp(
+                algo="ncm", model="", filters="", impl="prototype", backend="", meta_batch="", inner_lr="",
+                train_steps="", test_steps="", iterations=0, seed=a.seed, train_classes=len(train_task.classes),
+                test_classes=len(test_task.classes), accuracy=f"{res.mean:.4f}", ci95=f"{res.ci95:.4f}",
+                test_tasks=res.tasks, final_query_loss="", train_seconds="", ms_per_iteration="")])
         for row in rows:
-            algo, model = ROWS[row]
+            algo, model = all_rows[row]
             iters = overrides.get((row, setting), overrides.get((row, None), a.iterations))
             torch.manual_seed(a.seed)
-            extra = dict(hidden=mk.OmniglotMLP.HIDDEN) if model == "mlp" else dict(filters=a.filters)
+            if model == "conv4":
+                extra = dict(filters=a.filters)
+            else:
+                extra = dict(hidden=WORDNET_HIDDEN if wordnet else mk.OmniglotMLP.HIDDEN)
             learner = T.build_learner(algo, train_task, model=model, inner_lr=lr, steps=steps, backend=a.backend,
                                       **extra)
             plain = PlainLearner(algo, model, learner, lr, steps)
@@ -375,10 +446,8 @@ def main(argv=None):
                     print(f"{label:28s} {k:2d} test steps: {res}   ({n} it, {secs:.1f} s, "
                           f"{1e3 * secs / max(n, 1):.0f} ms/it, final query loss {final:.3f}; "
                           f"meta-test {time.perf_counter() - t0:.1f} s)", flush=True)
-                    out.append(dict(
-                        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        device=a.machine, torch=torch.__version__, threads=torch.get_num_threads(), setting=setting,
-                        ways=ways, shots=shots, queries=a.queries, algo=algo, model=model,
+                    out.append(stamp(
+                        algo=algo, model=model,
                         filters=a.filters if model == "conv4" else "", impl=impl,
                         backend=a.backend if impl != "plain" else "autograd", meta_batch=meta_batch, inner_lr=lr,
                         train_steps=steps, test_steps=k, iterations=n, seed=a.seed,
@@ -392,32 +461,51 @@ def main(argv=None):
 
 def table(path):
     """The README's Markdown table of a results CSV: per setting and row, accuracy with its
-    95% interval not meta-trained / metakern / plain, at the training and the test steps."""
+    95% interval not meta-trained / metakern / plain, at the training and the test steps.
+    A wordnet CSV gets a first column of its labels and features, and a nearest class
+    mean column (the same test tasks, no training)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    cell = {(r["setting"], r["algo"], r["model"], r["impl"], int(r["test_steps"])): r for r in rows}
-    lines = ["| setting | row | iterations | test steps | not meta-trained | metakern | plain PyTorch | ms/it metakern / plain |",
-             "|---|---|---|---|---|---|---|---|"]
+
+    def group(r):
+        return f"{r['labels']}, {r['features']}" if r.get("task") == "wordnet" else ""
+
+    cell = {(group(r), r["setting"], r["algo"], r["model"], r["impl"], r["test_steps"] and int(r["test_steps"])): r
+            for r in rows}
+    wordnet = any(r.get("task") == "wordnet" for r in rows)
+    head = ["setting", "row", "iterations", "test steps", "not meta-trained", "metakern", "plain PyTorch",
+            "ms/it metakern / plain"]
+    if wordnet:
+        head = ["classes, features"] + head[:5] + ["nearest class mean"] + head[5:]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     seen = []
     for r in rows:
-        key = (r["setting"], r["algo"], r["model"], int(r["test_steps"]))
-        if key not in seen:
+        key = (group(r), r["setting"], r["algo"], r["model"], r["test_steps"] and int(r["test_steps"]))
+        if r["impl"] != "prototype" and key not in seen:
             seen.append(key)
-    order = {s: i for i, s in enumerate(SETTINGS)}
-    rank = {v: i for i, v in enumerate(ROWS.values())}
-    for setting, algo, model, k in sorted(seen, key=lambda t: (order[t[0]], rank[(t[1], t[2])], t[3])):
-        got = {impl: cell.get((setting, algo, model, impl, k)) for impl in ("untrained", *IMPLS)}
+    order = {s: i for i, s in enumerate([*SETTINGS, *WORDNET_SETTINGS])}
+    rank = {}
+    for v in [*ROWS.values(), *WORDNET_ROWS.values()]:  # the two tasks share the MLP rows: kanji's order first
+        rank.setdefault(v, len(rank))
+    groups = {g: i for i, g in enumerate(dict.fromkeys(k[0] for k in seen))}
+    for grp, setting, algo, model, k in sorted(seen, key=lambda t: (groups[t[0]], order[t[1]], rank[(t[2], t[3])],
+                                                                      t[4])):
+        got = {impl: cell.get((grp, setting, algo, model, impl, k)) for impl in ("untrained", *IMPLS)}
         if any(v is None for v in got.values()):
             continue
 
-        def acc(impl):
-            return f"{100 * float(got[impl]['accuracy']):.1f} ± {100 * float(got[impl]['ci95']):.1f}"
+        def acc(r):
+            return f"{100 * float(r['accuracy']):.1f} ± {100 * float(r['ci95']):.1f}" if r else ""
 
         name = {"maml": "MAML", "fomaml": "FOMAML", "metasgd": "Meta-SGD", "anil": "ANIL"}[algo]
         width = f" ({got['metakern']['filters']} filters)" if model == "conv4" else ""
-        lines.append(f"| {setting} | {name}-{'MLP' if model == 'mlp' else 'Conv4'}{width} | "
-                     f"{got['metakern']['iterations']} | {k} | {acc('untrained')} | {acc('metakern')} | {acc('plain')} | "
-                     f"{float(got['metakern']['ms_per_iteration']):.0f} / {float(got['plain']['ms_per_iteration']):.0f} |")
+        cells = [setting, f"{name}-{'MLP' if model == 'mlp' else 'Conv4'}{width}", got["metakern"]["iterations"],
+                 str(k), acc(got["untrained"])]
+        if wordnet:
+            cells = [grp] + cells + [acc(cell.get((grp, setting, "ncm", "", "prototype", "")))]
+        cells += [acc(got["metakern"]), acc(got["plain"]),
+                  f"{float(got['metakern']['ms_per_iteration']):.0f} / {float(got['plain']['ms_per_iteration']):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -109,3 +109,67 @@ def test_quick_run_writes_csv(cache, tmp_path):
         assert r["iterations"] == ("0" if r["impl"] == "untrained" else "2")
     lines = P.table(str(out)).splitlines()
     assert len(lines) == 2 + len(want) // 3 and "| 5w1s | MAML-Conv4 (4 filters) | 2 | 10 |" in lines[-1]
+
+
+# ----------------------------------------------------------------------------- --task wordnet
+
+
+@pytest.fixture
+def wn_root(tmp_path):
+    """A small synthetic WordNet database in the real format (tests/test_wordnet.py's writer)."""
+    pytest.importorskip("sklearn")
+    from test_wordnet import write_wordnet
+
+    root = tmp_path / "dict"
+    write_wordnet(str(root))
+    return str(root)
+
+
+@pytest.mark.parametrize("row", list(P.WORDNET_ROWS))
+def test_wordnet_plain_reference_matches_metakern(request, wn_root, tmp_path, row):
+    # float64 on TF-IDF features of the synthetic glosses: the two differ by rounding only
+    g = seeded(request)
+    algo, model = P.WORDNET_ROWS[row]
+    steps = 2
+    lr = (0.1 + 0.3 * torch.rand((), generator=g)).item()
+    task = mk.tasks.wordnet(wn_root, features="tfidf", ways=3, shots=2, queries=3, cache_dir=str(tmp_path / "c"),
+                            progress=False)
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, (), generator=g)))
+    learner = T.build_learner(algo, task, hidden=(16,), inner_lr=lr, steps=steps, backend="auto").double()
+    plain = P.PlainLearner(algo, model, learner, lr, steps).double()
+    xs, ys, xq, yq = task.sample(3, g, dtype=torch.float64)
+    loss = learner.meta_loss(xs, ys, xq, yq)
+    loss.backward()
+    ref = plain.meta_step(xs, ys, xq, yq)
+    assert abs(loss.item() - ref) <= 1e-9 * abs(ref)
+    pairs = [(f"param {i}", a, b) for i, (b, a) in enumerate(P._pairs(learner, plain))]
+    top = max(b.grad.abs().max().item() for _, _, b in pairs)
+    for name, a, b in pairs:
+        assert_close(a.grad, b.grad, 1e-9, name=f"{row} meta-gradient of {name}", floor=top)
+    with torch.no_grad():
+        assert_close(learner.adapt(xs, ys, steps=steps + 1)(xq), plain.adapt(xs, ys, steps=steps + 1)(xq), 1e-9,
+                     name=f"{row} adapted logits")
+
+
+def test_wordnet_quick_run_writes_csv(wn_root, tmp_path, monkeypatch):
+    # the synthetic database's test split has 2 classes, so a 2-way setting
+    monkeypatch.setattr(P, "WORDNET_SETTINGS", {"2w1s": (2, 1, 4, 0.4, 1, 3)})
+    out = tmp_path / "wn.csv"
+    P.main(["--task", "wordnet", "--data-root", wn_root, "--features", "tfidf", "--cache-dir", str(tmp_path / "c"),
+            "--iterations", "3", "--test-tasks", "10", "--queries", "3", "--no-progress", "--out", str(out)])
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    ncm = [r for r in rows if r["impl"] == "prototype"]
+    assert len(ncm) == 1 and ncm[0]["test_tasks"] == "10" and ncm[0]["features"] == "tfidf"
+    got = {(r["algo"], r["impl"], r["test_steps"]): r for r in rows if r["impl"] != "prototype"}
+    assert set(got) == {(*P.WORDNET_ROWS[r][:1], i, k) for r in P.WORDNET_ROWS
+                        for i in ("untrained", *P.IMPLS) for k in ("1", "3")}
+    # the same initialisation and batches: after 3 float32 iterations the two agree on every test task
+    for (algo, impl, k), r in got.items():
+        if impl == "metakern":
+            assert r["accuracy"] == got[(algo, "plain", k)]["accuracy"], (algo, k)
+    lines = P.table(str(out)).splitlines()
+    assert len(lines) == 2 + len(P.WORDNET_ROWS) * 2 and "nearest class mean" in lines[0]
+    assert lines[2].startswith("| lexname, tfidf | 2w1s | MAML-MLP | 3 | 1 |")
+    with pytest.raises(ValueError, match="--task wordnet"):
+        P.main(["--labels", "domain"])
