@@ -354,7 +354,7 @@ def maml_op(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_
 
     if step_weights is None:
         losses = query(adapt_op(theta, lr, xs, ys, list(dims), steps, loss, act, first_order, backend))
-    else:
+    else:  # one single-step adaptation per step, the query loss after each
         losses, th = 0, theta
         for k in range(steps):
             rate = lr if lr.dim() == 1 else lr[k].contiguous()
@@ -363,8 +363,18 @@ def maml_op(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_
     return reduce_losses(losses, reduction)
 
 
+# Backends whose adaptation kernels take one rate row for every step ([P]): per-step
+# rates ([K, P]) run there as one single-step adaptation per step.
+_ONE_RATE_ROW = ("triton",)
+
+
 def adapt_op(theta, lr, x, y, dims, steps, loss, act, first_order, backend):
     """The fused adaptation with autograd: registered op when compiling, Function in eager mode."""
+    if lr.dim() == 2 and backend in _ONE_RATE_ROW:
+        for k in range(steps):
+            theta = adapt_op(theta, lr[k].contiguous(), x, y, dims, 1, loss, act, first_order, backend)
+        return theta if steps else adapt_op(theta, lr.new_zeros(lr.shape[1]), x, y, dims, 0, loss, act,
+                                            first_order, backend)
     if is_compiling():
         return adapt_custom(theta, lr, x, y, dims, steps, loss, act, first_order, backend)
     return _AdaptFn.apply(theta, lr, x, y, dims, steps, loss, act, first_order, backend)
