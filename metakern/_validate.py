@@ -350,7 +350,8 @@ def _check_steps_axis(l: Tensor, name: str, steps, form: str):
     if steps is None:
         raise ValueError(f"{name} of shape {tuple(l.shape)} has a step axis, which needs the number of steps")
     if l.shape[0] != steps:
-        raise ValueError(f"{name} as {form} needs K = steps = {steps} rows, got shape {tuple(l.shape)}")
+        raise ValueError(f"{name} as {form} needs K = steps = {steps} rows, got shape {tuple(l.shape)}; a 0-dim "
+                         "tensor gives one rate for every step")
 
 
 def check_step_weights(step_weights, steps: int, ref: Tensor):
