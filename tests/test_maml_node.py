@@ -115,7 +115,7 @@ def test_raw_maml_op_checks_its_arguments(impl):
 def _python_node(params, per_task, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, reduction):
     """The same objective through the Python autograd.Function on the cpp kernel."""
     from metakern import _ops
-    spec = (tuple(dims), tuple(per_task), steps, loss, act, first_order, "cpp", reduction)
+    spec = (tuple(dims), tuple(per_task), steps, loss, act, first_order, "cpp", reduction, None)
     return _ops._MamlFn.apply(spec, lr, xs, ys, xq, yq, *params)
 
 
