@@ -237,8 +237,9 @@ def test_build_learner_on_images(request, algo, model):
     if model == "conv4" and algo == "anil":
         assert isinstance(learner.head.module, nn.Linear) and learner.head.module.in_features == 4
     assert isinstance(learner, {"maml": mk.MAML, "fomaml": mk.MAML, "metasgd": mk.MetaSGD, "reptile": mk.Reptile,
-                                "anil": mk.ANIL}[algo])
-    assert getattr(inner, "first_order") == (algo in ("fomaml", "reptile"))
+                                "anil": mk.ANIL, "mamlpp": mk.MAMLPlusPlus}[algo])
+    # MAML++ starts first order (derivative-order annealing, epoch 0)
+    assert getattr(inner, "first_order") == (algo in ("fomaml", "reptile", "mamlpp"))
     opt = torch.optim.SGD(learner.parameters(), lr=1e-3)
     loss = train.meta_step(learner, opt, task.sample(2, seeded(request)))
     assert loss == loss and loss >= 0
