@@ -139,7 +139,8 @@ def reduce_adapt_grads(theta, g_theta, g_lr, g_x, needs):
     """Per-task backward outputs to the inputs' gradients ``(theta, lr, x)``.
 
     Sums over tasks (``sum(0)``, deterministic) where ``theta`` was shared; ``lr`` is
-    always shared (``[T, P]`` or ``[T, K, P]`` per task to ``[P]`` or ``[K, P]``). Entries whose input needs no gradient are ``None``.
+    always shared (``[T, P]`` or ``[T, K, P]`` per task to ``[P]`` or ``[K, P]``).
+    Entries whose input needs no gradient are ``None``.
     """
     if theta.dim() == 1:
         g_theta = g_theta.sum(0)

@@ -328,11 +328,16 @@ def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: 
     w = step_weights
     traj, cache, g = [theta], None, None
     need_lr = need_lr and need_grad
-    keep_g = need_lr and first_order  # first order: the support gradients are all g_lr needs
-    gs = []
+    # first order: the support gradients are all g_lr needs; their sum when v stays v_K
+    # (one rate row, no step weights), each of them otherwise
+    keep_g = need_lr and first_order
+    summed = w is None and lr.dim() == 1
+    gs, g_sum = [], None
     for k in range(steps):
         g, cache = task_grad(traj[k], xs, ys, dims, loss, act)
-        if keep_g:
+        if keep_g and summed:
+            g_sum = g if g_sum is None else g_sum.add_(g)
+        elif keep_g:
             gs.append(g)
         traj.append(torch.addcmul(traj[k], g, lr_row(lr, k), value=-1.0))
     none = theta.new_empty((0, P))  # a gradient not asked for
@@ -349,10 +354,10 @@ def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: 
                 gq[k] = g_k.mul_(w[k - 1])
     if not need_grad:
         return losses, none, none
-    if first_order and w is None and lr.dim() == 1:  # v stays v_K: one product for g_lr
+    if first_order and summed:  # v stays v_K: one product for g_lr
         if not need_lr:
             return losses, v, none
-        return losses, v, (-(torch.stack(gs).sum(0) * v) if gs else torch.zeros_like(v))
+        return losses, v, (-(g_sum * v) if g_sum is not None else torch.zeros_like(v))
     g_lr = _g_lr_buffer(v, lr) if need_lr else none
     for k in range(steps - 1, -1, -1):
         if first_order:
