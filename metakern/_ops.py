@@ -291,8 +291,10 @@ class _MamlFn(torch.autograd.Function):
         need_lr = bool(ctx.needs_input_grad[1])
         need = need_lr or any(ctx.needs_input_grad[6:])
         theta = pack_params(params, per_task, T)
+        # mean and sum weigh every task alike: the kernel sums the shared inputs' gradients
         losses, g_theta, g_lr = _backends.get(backend).maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act,
-                                                                first_order, need, need_lr, step_weights)
+                                                                first_order, need, need_lr, step_weights,
+                                                                reduction != Reduction.NONE)
         # the inputs too, for a backward with create_graph=True (references, no copies)
         ctx.save_for_backward(g_theta, g_lr, lr, xs, ys, xq, yq, *params)
         ctx.spec, ctx.shapes = spec, [p.shape for p in params]
@@ -307,17 +309,22 @@ class _MamlFn(torch.autograd.Function):
                                          reduction, step_weights)
             grads = grads_with_graph(out, (lr, *params), g_out, (ctx.needs_input_grad[1], *ctx.needs_input_grad[6:]))
             return (None, grads[0]) + (None,) * 4 + grads[1:]
-        g_theta, g_lr = ctx.saved_tensors[:2]
+        g_theta, g_lr, _, xs = ctx.saved_tensors[:4]
         dims, per_task, _, _, _, _, _, reduction, _ = ctx.spec
-        T = g_theta.shape[0]
-        w = g_out if reduction == Reduction.NONE else (g_out / T if reduction == Reduction.MEAN else g_out).expand(T)
-        g_lr_in = (w @ g_lr.flatten(1)).view(g_lr.shape[1:]) if ctx.needs_input_grad[1] else None
+        T, none = xs.shape[0], reduction == Reduction.NONE
+        # dL/dl_t: g_out per task, or one factor for every task (mean, sum), whose
+        # gradients of shared tensors (lr; theta when no tensor is per task) the kernel summed
+        c = g_out / T if reduction == Reduction.MEAN else g_out
+        w = g_out if none else c.expand(T)
+        g_lr_in = None
+        if ctx.needs_input_grad[1]:
+            g_lr_in = (w @ g_lr.flatten(1)).view(g_lr.shape[1:]) if none else g_lr[0] * c
         needs = ctx.needs_input_grad[6:]
         if not any(needs):
             return (None, g_lr_in) + (None,) * (4 + len(needs))
         sizes = split_sizes(tuple(dims))
         if not any(per_task):  # shared theta: one weighted sum over tasks, then views
-            parts = (w @ g_theta).split(sizes)
+            parts = ((w @ g_theta) if none else g_theta[0] * c).split(sizes)
             grads = [g.view(shape) for g, shape in zip(parts, ctx.shapes)]
         else:
             parts = (g_theta * w.unsqueeze(1)).split(sizes, dim=1)
@@ -430,10 +437,12 @@ def _register_compiled_ops():
         return x.new_empty((x.shape[0], theta.shape[-1])), x.new_empty(x.shape)
 
     @torch.library.register_fake("metakern::maml_fwd")
-    def _(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True, step_weights=None):
-        n = xs.shape[0] if need_grad else 0
+    def _(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True, step_weights=None,
+          sum_tasks=False):
+        n = (1 if sum_tasks else xs.shape[0]) if need_grad else 0
+        n_theta = xs.shape[0] if need_grad and theta.dim() == 2 else n
         g_lr_shape = (n, *lr.shape) if need_grad and need_lr else (0, theta.shape[-1])
-        return theta.new_empty((xs.shape[0],)), theta.new_empty((n, theta.shape[-1])), theta.new_empty(g_lr_shape)
+        return theta.new_empty((xs.shape[0],)), theta.new_empty((n_theta, theta.shape[-1])), theta.new_empty(g_lr_shape)
 
     def adapt_setup(ctx, inputs, output):
         theta, lr, x, y, dims, steps, loss, act = inputs

@@ -83,6 +83,65 @@ def test_composed_maml_fwd_matches_fused(request, dims, act, loss, first_order, 
         assert_close(a, r, RTOL[dtype], f"{name} vs the torch backend")
 
 
+def _sum_cases():
+    out = []
+    for i, (loss, fo, lr_rows, weighted) in enumerate(itertools.product(LOSSES, [False, True], [False, True],
+                                                                        [False, True])):
+        T = (1, 7, 70, 130)[i % 4]  # one task, a few, and more than the cpp kernel's 64 blocks
+        dims = ((3, 17, 5), (5, 3, 17, 4, 2), (1, 40, 40, 2))[i % 3]
+        shared, need_lr = i % 3 != 2, i % 5 != 4
+        out.append(pytest.param(dims, loss, fo, lr_rows, weighted, T, shared, need_lr,
+                                id=f"{'x'.join(map(str, dims))}-{loss}-{'fo' if fo else 'so'}-"
+                                   f"{'KP' if lr_rows else 'P'}{'-msl' if weighted else ''}-T{T}"
+                                   f"-{'sh' if shared else 'pt'}{'' if need_lr else '-nolr'}"))
+    return out
+
+
+@needs_cpp
+@pytest.mark.parametrize("dims,loss,first_order,lr_rows,weighted,T,shared,need_lr", _sum_cases())
+def test_maml_fwd_sum_tasks(request, dims, loss, first_order, lr_rows, weighted, T, shared, need_lr):
+    """sum_tasks: the fused CPU kernel, the C++ composition (CUDA's maml_fwd) and the
+    torch backend return the shared inputs' gradients summed over tasks ([1, ...]: g_lr,
+    and g_theta when theta is [P]; a per-task theta keeps [T, P]), equal to the sum of
+    their per-task results in float64, the losses unchanged; the fused kernel's bits do
+    not depend on the number of threads."""
+    from metakern import _C
+    from metakern.backends import torch_backend as TB
+
+    g = seeded(request)
+    Ns, Nq, K = 5, 4, 3
+    params, xs, ys, _ = make_problem(g, dims, T, Ns, loss, torch.float64, per_task=not shared)
+    _, xq, yq, _ = make_problem(g, dims, T, Nq, loss, torch.float64)
+    theta = pack_params(params, [not shared] * len(params), T).contiguous()
+    P = theta.shape[-1]
+    lr = (0.05 + 0.2 * torch.rand((K, P) if lr_rows else (P,), generator=g, dtype=torch.float64))
+    sw = torch.rand(K, generator=g, dtype=torch.float64) if weighted else None
+    codes = (list(dims), K, LOSSES.index(loss), MF.ACTIVATIONS["tanh"], first_order, True, need_lr, sw)
+    for name, fn in (("fused", torch.ops.metakern.maml_fwd), ("composed", _C.maml_fwd_composed),
+                     ("torch", TB.maml_fwd)):
+        per = fn(theta, lr, xs, ys, xq, yq, *codes, False)
+        tot = fn(theta, lr, xs, ys, xq, yq, *codes, True)
+        assert torch.equal(tot[0], per[0]), name
+        want_theta = per[1].sum(0, keepdim=True) if shared else per[1]
+        assert tot[1].shape == want_theta.shape, (name, tot[1].shape)
+        assert_close(tot[1], want_theta, RTOL[torch.float64], f"{name} g_theta")
+        if need_lr:
+            assert tot[2].shape == (1, *lr.shape), (name, tot[2].shape)
+            assert_close(tot[2], per[2].sum(0, keepdim=True), RTOL[torch.float64], f"{name} g_lr")
+            assert tot[2].abs().sum() > 0
+        else:
+            assert tot[2].shape == (0, P), (name, tot[2].shape)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.metakern.maml_fwd(theta, lr, xs, ys, xq, yq, *codes, True)
+        torch.set_num_threads(2)
+        two = torch.ops.metakern.maml_fwd(theta, lr, xs, ys, xq, yq, *codes, True)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
 @needs_cpp
 @pytest.mark.parametrize("impl", ["fused", "composed"])
 def test_raw_maml_op_checks_its_arguments(impl):

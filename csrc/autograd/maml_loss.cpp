@@ -4,9 +4,10 @@
 // It does in C++ what metakern._ops._MamlFn does in Python: pack the parameter list
 // into theta, run maml_fwd (losses and per-task gradients in one walk of the inner
 // loop; with step_weights, the multi-step loss), reduce the losses over tasks; the
-// backward weights the saved per-task gradients by dL/dl_t, sums them over tasks for
-// shared tensors (lr: to [P] or [K, P], its own shape) and hands each parameter its
-// own view: a few ATen calls around the kernel, no Python.
+// backward weights the saved gradients by dL/dl_t (under mean and sum, where every task
+// weighs the same, the kernel has summed those of shared tensors over tasks already),
+// sums the rest over tasks for shared tensors (lr: to [P] or [K, P], its own shape)
+// and hands each parameter its own view: a few ATen calls around the kernel, no Python.
 //
 // Same math and the same ATen reductions as _MamlFn, so both give the same bits. A
 // backward with create_graph=True gets gradients autograd can differentiate again, as
@@ -73,10 +74,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd(const at::Tensor& theta,
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
               const at::Tensor&, at::IntArrayRef, int64_t, int64_t, int64_t, bool, bool, bool,
-              const c10::optional<at::Tensor>&)>();
+              const c10::optional<at::Tensor>&, bool)>();
   at::AutoDispatchBelowADInplaceOrView below;
+  // mean and sum weigh every task alike: the kernel sums the shared inputs' gradients itself
   return op.call(theta, lr, xs, ys, xq, yq, s.dims, s.steps, s.loss, s.act, s.first_order, need_grad, s.need_lr,
-                 step_weights);
+                 step_weights, s.reduction != kReduceNone);
 }
 
 at::Tensor reduce(const at::Tensor& losses, int64_t reduction) {
@@ -125,19 +127,24 @@ struct MamlLossBackward : public torch::autograd::Node {
     if (!g_out.defined()) return out;
     if (at::GradMode::is_enabled()) return with_graph(g_out);  // create_graph=True
     const at::Tensor gt = g_theta.unpack(), gl = g_lr.unpack();
-    const int64_t T = gt.size(0);
-    const at::Tensor w =
-        spec.reduction == kReduceNone ? g_out : (spec.reduction == kReduceMean ? g_out / T : g_out).expand({T});
-    // g_lr is [T, P] or [T, K, P] (lr [P] or [K, P]): summed over tasks to lr's shape
-    if (should_compute_output(0)) out[0] = at::matmul(w, gl.flatten(1)).view(gl.sizes().slice(1));
+    const bool none = spec.reduction == kReduceNone;
+    // dL/dl_t: g_out per task, or one factor for every task (mean, sum)
+    const at::Tensor c = spec.reduction == kReduceMean ? g_out / T : g_out;
+    const at::Tensor w = none ? g_out : c.expand({T});
+    // g_lr is [T, P] or [T, K, P] (lr [P] or [K, P]) per task, or already summed over
+    // tasks ([1, ...]) under mean and sum: reduced to lr's shape
+    if (should_compute_output(0))
+      out[0] = none ? at::matmul(w, gl.flatten(1)).view(gl.sizes().slice(1)) : gl.select(0, 0) * c;
     bool any_param = false, any_per_task = false;
     for (size_t i = 0; i < n; ++i) {
       any_param = any_param || should_compute_output(1 + i);
       any_per_task = any_per_task || spec.per_task[i];
     }
     if (!any_param) return out;
+    // a shared theta's g_theta is [1, P] under mean and sum, else [T, P]
     const std::vector<at::Tensor> parts = any_per_task ? (gt * w.unsqueeze(1)).split_with_sizes(sizes, 1)
-                                                       : at::matmul(w, gt).split_with_sizes(sizes);
+                                          : none       ? at::matmul(w, gt).split_with_sizes(sizes)
+                                                       : (gt.select(0, 0) * c).split_with_sizes(sizes);
     for (size_t i = 0; i < n; ++i) {
       if (!should_compute_output(1 + i)) continue;
       if (!any_per_task)
@@ -185,9 +192,10 @@ struct MamlLossBackward : public torch::autograd::Node {
   }
 
   MamlSpec spec;
+  int64_t T = 0;                              // tasks
   std::vector<std::vector<int64_t>> shapes;  // per parameter
   std::vector<int64_t> sizes;                 // packed segment lengths
-  SavedVariable g_theta, g_lr;                // per-task dl_t/dtheta, dl_t/dlr from maml_fwd
+  SavedVariable g_theta, g_lr;                // dl_t/dtheta, dl_t/dlr from maml_fwd (per task or summed)
   SavedVariable step_weights;                 // [K] or undefined (a constant, for with_graph)
   std::vector<SavedVariable> inputs;          // lr, xs, ys, xq, yq, params... (for with_graph)
 };
@@ -225,6 +233,7 @@ at::Tensor maml_loss(const std::vector<at::Tensor>& params, const at::Tensor& lr
   node->set_next_edges(torch::autograd::collect_next_edges(lr, at::TensorList(params)));
   for (const at::Tensor& p : params) node->shapes.push_back(p.sizes().vec());
   node->sizes = split_sizes(s.dims);
+  node->T = xs.size(0);
   node->g_theta = SavedVariable(g_theta, false);
   node->g_lr = SavedVariable(g_lr, false);
   node->step_weights = SavedVariable(weighted ? *step_weights : at::Tensor(), false);

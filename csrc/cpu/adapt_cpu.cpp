@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -70,6 +71,13 @@ struct KeptSteps {
 // Tasks per parallel chunk: one is enough (a task is thousands of FLOPs at least);
 // at::parallel_for hands each thread one contiguous range.
 constexpr int64_t kGrain = 1;
+
+// maml_fwd's sum over tasks: at most kSumBlocks blocks of tasks (the parallelism of
+// the sum), fewer when their partial rows would pass kSumPartialBytes; columns of
+// the final sum per parallel chunk.
+constexpr int64_t kSumBlocks = 64;
+constexpr int64_t kSumPartialBytes = int64_t(8) << 20;
+constexpr int64_t kSumColumns = 4096;
 
 void check_cpu(const char* op, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor for the CPU kernel, got ", t.device());
@@ -220,20 +228,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_cpu(const at::Tensor& th
                                                             at::IntArrayRef dims, int64_t steps, int64_t loss,
                                                             int64_t act, bool first_order, bool need_grad,
                                                             bool need_lr,
-                                                            const c10::optional<at::Tensor>& step_weights) {
+                                                            const c10::optional<at::Tensor>& step_weights,
+                                                            bool sum_tasks) {
   int64_t Nq = 0;
   const Problem pr = check_maml(kMamlFwd, theta, lr, xs, ys, xq, yq, dims, steps, loss, act, &Nq);
   check_step_weights(kMamlFwd, step_weights, steps, theta);
   check_cpu(kMamlFwd, theta, "theta");
   const bool weighted = step_weights.has_value() && step_weights->defined();
   at::Tensor losses = at::empty({pr.T}, theta.options());
-  at::Tensor g_theta = at::empty({need_grad ? pr.T : 0, pr.P}, theta.options());
   need_lr = need_lr && need_grad;
-  // per task, lr's shape ([T, P] or [T, K, P]); [0, P] without need_lr
+  // sum_tasks: the gradients of shared inputs (lr; theta when it is [P]) summed over tasks
+  const bool sum_theta = sum_tasks && need_grad && pr.shared_theta;
+  const bool sum_lr = sum_tasks && need_lr;
+  at::Tensor g_theta = at::empty({need_grad ? (sum_theta ? 1 : pr.T) : 0, pr.P}, theta.options());
+  // lr's shape ([P] or [K, P]) per task, or summed; [0, P] without need_lr
+  const int64_t lr_tasks = sum_lr ? 1 : pr.T;
   at::Tensor g_lr = !need_lr          ? at::empty({0, pr.P}, theta.options())
-                    : pr.lr_per_step ? at::empty({pr.T, steps, pr.P}, theta.options())
-                                     : at::empty({pr.T, pr.P}, theta.options());
-  if (pr.T == 0) return {losses, g_theta, g_lr};
+                    : pr.lr_per_step ? at::empty({lr_tasks, steps, pr.P}, theta.options())
+                                     : at::empty({lr_tasks, pr.P}, theta.options());
+  if (pr.T == 0) {
+    if (sum_theta) g_theta.zero_();
+    if (sum_lr) g_lr.zero_();
+    return {losses, g_theta, g_lr};
+  }
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "maml_fwd_cpu", [&] {
     const tm::Mlp net = tm::Mlp::make(pr.dims.data(), pr.L);
     const scalar_t* th = theta.data_ptr<scalar_t>();
@@ -261,20 +278,67 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_cpu(const at::Tensor& th
     // order with a rate gradient, each step's support gradient g_k ([K, P])
     const int64_t n_gq = weighted && need_grad ? steps * P : 0;
     const int64_t n_gk = weighted && need_grad && first_order && need_lr ? steps * P : 0;
-    at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
-      auto buf = alloc_scratch<scalar_t>(ws_s + ws_q + keep.elements() + n_gq + n_gk);
+    // summed gradients: one task's gradients go to a per-thread row first
+    const int64_t n_st = sum_theta ? P : 0, n_sl = sum_lr ? glr_stride : 0;
+    const int64_t ws = ws_s + ws_q + keep.elements() + n_gq + n_gk + n_st + n_sl;
+    // One task of the batch with its own scratch; gt/gl: where its gradients go.
+    auto run = [&](int64_t t, tm::Scratch<scalar_t>& s, tm::Scratch<scalar_t>& q,
+                   std::vector<tm::Scratch<scalar_t>>& kept, scalar_t* gq, scalar_t* gk, scalar_t* gt,
+                   scalar_t* gl) {
+      tm::Targets<scalar_t> ts{ysf ? ysf + t * Ns * O : nullptr, ysi ? ysi + t * Ns : nullptr};
+      tm::Targets<scalar_t> tq{yqf ? yqf + t * Nq * O : nullptr, yqi ? yqi + t * Nq : nullptr};
+      tm::maml_task<scalar_t>(net, Ns, Nq, steps, th + t * th_stride, lrp, lr_step, swp, xsp + t * Ns * D, ts,
+                              xqp + t * Nq * D, tq, static_cast<int>(act), static_cast<int>(loss), first_order,
+                              need_grad, lp + t, gt, gl, gq, gk, s, q, kept.empty() ? nullptr : kept.data());
+    };
+    if (!sum_theta && !sum_lr) {
+      at::parallel_for(0, pr.T, kGrain, [&](int64_t begin, int64_t end) {
+        auto buf = alloc_scratch<scalar_t>(ws);
+        auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, Ns, steps + 1, rop);
+        auto q = tm::Scratch<scalar_t>::carve(buf.get() + ws_s, net, Nq, 0, false);
+        auto kept = keep.carve(buf.get() + ws_s + ws_q);
+        scalar_t* gq = n_gq > 0 ? buf.get() + ws_s + ws_q + keep.elements() : nullptr;
+        scalar_t* gk = n_gk > 0 ? buf.get() + ws_s + ws_q + keep.elements() + n_gq : nullptr;
+        for (int64_t t = begin; t < end; ++t)
+          run(t, s, q, kept, gq, gk, gtp ? gtp + t * P : nullptr, glp ? glp + t * glr_stride : nullptr);
+      });
+      return;
+    }
+    // Summed over tasks in a fixed order: the tasks fall into `blocks` contiguous
+    // blocks, each block adds its tasks' gradients in task order into its own partial
+    // row, and the partial rows are added in block order. The blocks depend on T and
+    // the row length only, not on the threads, so neither do the bits.
+    const int64_t G = n_st + n_sl;  // one partial row: [g_theta | g_lr]
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(
+        std::min<int64_t>(pr.T, kSumBlocks), kSumPartialBytes / (G * int64_t(sizeof(scalar_t)))));
+    const int64_t per_block = (pr.T + blocks - 1) / blocks;
+    std::vector<scalar_t> partial(blocks * G);
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      auto buf = alloc_scratch<scalar_t>(ws);
       auto s = tm::Scratch<scalar_t>::carve(buf.get(), net, Ns, steps + 1, rop);
       auto q = tm::Scratch<scalar_t>::carve(buf.get() + ws_s, net, Nq, 0, false);
       auto kept = keep.carve(buf.get() + ws_s + ws_q);
       scalar_t* gq = n_gq > 0 ? buf.get() + ws_s + ws_q + keep.elements() : nullptr;
       scalar_t* gk = n_gk > 0 ? buf.get() + ws_s + ws_q + keep.elements() + n_gq : nullptr;
-      for (int64_t t = begin; t < end; ++t) {
-        tm::Targets<scalar_t> ts{ysf ? ysf + t * Ns * O : nullptr, ysi ? ysi + t * Ns : nullptr};
-        tm::Targets<scalar_t> tq{yqf ? yqf + t * Nq * O : nullptr, yqi ? yqi + t * Nq : nullptr};
-        tm::maml_task<scalar_t>(net, Ns, Nq, steps, th + t * th_stride, lrp, lr_step, swp, xsp + t * Ns * D, ts,
-                                xqp + t * Nq * D, tq, static_cast<int>(act), static_cast<int>(loss), first_order,
-                                need_grad, lp + t, gtp ? gtp + t * P : nullptr, glp ? glp + t * glr_stride : nullptr,
-                                gq, gk, s, q, kept.empty() ? nullptr : kept.data());
+      scalar_t* row = buf.get() + ws_s + ws_q + keep.elements() + n_gq + n_gk;  // [g_theta | g_lr] of one task
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t* acc = partial.data() + b * G;
+        std::fill(acc, acc + G, scalar_t(0));
+        for (int64_t t = b * per_block; t < std::min(pr.T, (b + 1) * per_block); ++t) {
+          run(t, s, q, kept, gq, gk, sum_theta ? row : (gtp ? gtp + t * P : nullptr),
+              sum_lr ? row + n_st : (glp ? glp + t * glr_stride : nullptr));
+          for (int64_t i = 0; i < G; ++i) acc[i] += row[i];
+        }
+      }
+    });
+    at::parallel_for(0, G, kSumColumns, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        scalar_t v = partial[i];
+        for (int64_t b = 1; b < blocks; ++b) v += partial[b * G + i];
+        if (i < n_st)
+          gtp[i] = v;
+        else
+          glp[i - n_st] = v;
       }
     });
   });

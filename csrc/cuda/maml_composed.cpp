@@ -105,7 +105,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_composed(const at::Tenso
                                                                  at::IntArrayRef dims, int64_t steps, int64_t loss,
                                                                  int64_t act, bool first_order, bool need_grad,
                                                                  bool need_lr,
-                                                                 const c10::optional<at::Tensor>& step_weights) {
+                                                                 const c10::optional<at::Tensor>& step_weights,
+                                                                 bool sum_tasks) {
   int64_t Nq = 0;
   // The query set is validated here (the ops below check the support set again, and xq).
   const Problem pr = check_maml(kMamlFwd, theta, lr, xs, ys, xq, yq, dims, steps, loss, act, &Nq);
@@ -113,9 +114,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_composed(const at::Tenso
   at::AutoDispatchBelowADInplaceOrView below;  // the ops' own autograd formulas are not wanted
   at::NoGradGuard no_grad;
   const at::Tensor none = at::empty({0, pr.P}, theta.options());
-  if (pr.T == 0) {  // no task: the shapes of the fused kernel's results
-    const bool lr_rows = pr.lr_per_step && need_grad && need_lr;
-    return {at::empty({0}, theta.options()), none, lr_rows ? at::empty({0, steps, pr.P}, theta.options()) : none};
+  // sum_tasks: the gradients of shared inputs (lr; theta when it is [P]) summed over tasks
+  auto summed = [&](const at::Tensor& losses, const at::Tensor& g_theta, const at::Tensor& g_lr) {
+    const bool st = sum_tasks && g_theta.numel() > 0 && pr.shared_theta, sl = sum_tasks && g_lr.size(0) > 0;
+    return std::tuple<at::Tensor, at::Tensor, at::Tensor>{losses, st ? g_theta.sum(0, true) : g_theta,
+                                                          sl ? g_lr.sum(0, true) : g_lr};
+  };
+  if (pr.T == 0) {  // no task: the shapes of the fused kernel's results (sums of nothing: zeros)
+    const int64_t lr_n = sum_tasks && need_grad && need_lr ? 1 : 0;
+    const at::Tensor g_theta =
+        sum_tasks && need_grad && pr.shared_theta ? at::zeros({1, pr.P}, theta.options()) : none;
+    const at::Tensor g_lr = pr.lr_per_step && need_grad && need_lr ? at::zeros({lr_n, steps, pr.P}, theta.options())
+                            : lr_n == 1                             ? at::zeros({1, pr.P}, theta.options())
+                                                                    : none;
+    return {at::empty({0}, theta.options()), g_theta, g_lr};
   }
 
   if (!step_weights.has_value() || !step_weights->defined()) {
@@ -128,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_composed(const at::Tenso
     const at::Tensor g_k = call_mlp_bwd_theta(d_out, theta_k, xq, dims, act);
     at::Tensor g_theta, g_lr, g_x;
     std::tie(g_theta, g_lr, g_x) = call_adapt_bwd(g_k, theta, lr, xs, ys, dims, steps, loss, act, first_order);
-    return {losses, g_theta, need_lr ? g_lr : none};
+    return summed(losses, g_theta, need_lr ? g_lr : none);
   }
 
   // The multi-step loss sum_k w[k-1] L_query(theta_k), one step at a time.
@@ -155,11 +167,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_composed(const at::Tenso
         call_adapt_bwd(v, path[k], lr_row(lr, k), xs, ys, dims, 1, loss, act, first_order);
     if (k >= 1) v = v + gq[k - 1];
   }
-  if (!need_lr) return {losses, v, none};
+  if (!need_lr) return summed(losses, v, none);
   // per task, lr's shape: the rows stacked ([T, K, P]) or summed over the steps ([T, P])
   at::Tensor g_lr = at::stack(g_lr_rows, 1);
   if (!pr.lr_per_step) g_lr = g_lr.sum(1);
-  return {losses, v, g_lr};
+  return summed(losses, v, g_lr);
 }
 
 }  // namespace metakern

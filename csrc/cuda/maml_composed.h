@@ -19,13 +19,15 @@ namespace metakern {
 // multi-step loss) it composes per step instead: K single-step adapt_fwd calls with
 // lr's row k, the query loss and its gradient at every theta_k, then K single-step
 // adapt_bwd calls going back, adding w[k-1] dL_query/dtheta_k between them. Exact;
-// K launches of each op each way.
+// K launches of each op each way. sum_tasks: the gradients of shared inputs summed
+// over tasks (one ATen sum of the per-task rows).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> maml_fwd_composed(const at::Tensor& theta, const at::Tensor& lr,
                                                                  const at::Tensor& xs, const at::Tensor& ys,
                                                                  const at::Tensor& xq, const at::Tensor& yq,
                                                                  at::IntArrayRef dims, int64_t steps, int64_t loss,
                                                                  int64_t act, bool first_order, bool need_grad,
                                                                  bool need_lr,
-                                                                 const c10::optional<at::Tensor>& step_weights);
+                                                                 const c10::optional<at::Tensor>& step_weights,
+                                                                 bool sum_tasks);
 
 }  // namespace metakern

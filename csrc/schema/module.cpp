@@ -138,5 +138,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("theta"), pybind11::arg("lr"), pybind11::arg("xs"), pybind11::arg("ys"), pybind11::arg("xq"),
         pybind11::arg("yq"), pybind11::arg("dims"), pybind11::arg("steps"), pybind11::arg("loss"),
         pybind11::arg("act"), pybind11::arg("first_order"), pybind11::arg("need_grad"),
-        pybind11::arg("need_lr") = true, pybind11::arg("step_weights") = pybind11::none());
+        pybind11::arg("need_lr") = true, pybind11::arg("step_weights") = pybind11::none(),
+        pybind11::arg("sum_tasks") = false);
 }

@@ -21,10 +21,12 @@ TORCH_LIBRARY(metakern, m) {
   // inner steps on the support set (with step_weights w [K], the multi-step loss
   // sum_k w[k-1] L_query(theta_k)) and, when need_grad, their gradients (g_theta
   // [T, P], and g_lr [T, P] or [T, K, P] as lr when need_lr too; shape [0, P]
-  // otherwise). CPU: one fused kernel (csrc/cpu); CUDA: the four ops above composed
-  // (csrc/cuda/maml_composed.cpp).
+  // otherwise). With sum_tasks the gradients of shared inputs come summed over the
+  // tasks, leading axis 1: g_lr always, g_theta when theta is [P] (a per-task theta
+  // [T, P] keeps per-task gradients). CPU: one fused kernel (csrc/cpu); CUDA: the four
+  // ops above composed (csrc/cuda/maml_composed.cpp).
   m.def(
       "maml_fwd(Tensor theta, Tensor lr, Tensor xs, Tensor ys, Tensor xq, Tensor yq, int[] dims, int steps, "
-      "int loss, int act, bool first_order, bool need_grad, bool need_lr=True, Tensor? step_weights=None) -> "
+      "int loss, int act, bool first_order, bool need_grad, bool need_lr=True, Tensor? step_weights=None, bool sum_tasks=False) -> "
       "(Tensor, Tensor, Tensor)");
 }

@@ -43,7 +43,8 @@ class Backend:
     # The fused MAML objective (loss and gradient in one pass), where a backend has
     # it; without it metakern._ops composes adapt_fwd and mlp_fwd.
     # (theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad,
-    #  need_lr) -> (losses [T], g_theta [T, P], g_lr [T, P]); see torch_backend.maml_fwd.
+    #  need_lr, step_weights, sum_tasks) -> (losses [T], g_theta [T, P], g_lr [T, *lr.shape]),
+    #  the shared inputs' gradients summed over tasks under sum_tasks; see torch_backend.maml_fwd.
     maml_fwd: Optional[Callable] = None
     # The same objective with its autograd node in C++ (metakern._C.maml_loss), where
     # a backend's maml_fwd is a registered op: (params, per_task, lr, xs, ys, xq, yq,

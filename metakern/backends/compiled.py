@@ -96,10 +96,10 @@ class _CompiledBackend(Backend):
 
     @staticmethod
     def maml_fwd(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order, need_grad, need_lr=True,
-                 step_weights=None):
+                 step_weights=None, sum_tasks=False):
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.metakern.maml_fwd(theta, lr, xs, ys, xq, yq, list(dims), steps, loss, act, first_order,
-                                               need_grad, need_lr, step_weights)
+                                               need_grad, need_lr, step_weights, sum_tasks)
 
 
 class CppBackend(_CompiledBackend):

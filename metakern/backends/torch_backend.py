@@ -310,8 +310,27 @@ def _query(theta: Tensor, xq: Tensor, yq: Tensor, dims, loss: int, act: int, nee
 @torch.no_grad()
 def maml_fwd(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, dims, steps: int, loss: int,
              act: int, first_order: bool, need_grad: bool, need_lr: bool = True,
-             step_weights: Optional[Tensor] = None):
+             step_weights: Optional[Tensor] = None, sum_tasks: bool = False):
     """The MAML objective and its gradient in one pass (``metakern::maml_fwd``).
+
+    See :func:`_maml_fwd_tasks` for the per-task results. With ``sum_tasks`` the
+    gradients of shared inputs come summed over tasks with a leading axis of 1:
+    ``g_lr`` always, ``g_theta`` when ``theta`` is ``[P]``.
+    """
+    losses, g_theta, g_lr = _maml_fwd_tasks(theta, lr, xs, ys, xq, yq, dims, steps, loss, act, first_order,
+                                            need_grad, need_lr, step_weights)
+    if sum_tasks and need_grad:
+        if theta.dim() == 1:
+            g_theta = g_theta.sum(0, keepdim=True)
+        if need_lr:
+            g_lr = g_lr.sum(0, keepdim=True)
+    return losses, g_theta, g_lr
+
+
+def _maml_fwd_tasks(theta: Tensor, lr: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, dims, steps: int,
+                    loss: int, act: int, first_order: bool, need_grad: bool, need_lr: bool,
+                    step_weights: Optional[Tensor]):
+    """The per-task results of :func:`maml_fwd`.
 
     Walks ``theta_0 .. theta_K`` on the support set, evaluates the per-task query
     loss ``l_t = L_q(theta_K)`` (with ``step_weights`` ``w`` ``[K]``, the multi-step
