@@ -312,8 +312,10 @@ def test_bad_input():
     vm = mk.MAML(net, steps=1, loss="cross_entropy", generic_mode="vmap", first_order=True)
     with pytest.raises(ValueError, match="generic_mode='vmap' cannot run PerStepBatchNorm2d 'body.0.1' in training"):
         vm.meta_loss(xs, ys, xs, ys)
-    net.eval()  # the running statistics: vmap is fine
-    vm.meta_loss(xs, ys, xs, ys)
+    net.eval()  # the running statistics: vmap runs, and agrees with the loop
+    loop = mk.MAML(net, steps=1, loss="cross_entropy", generic_mode="loop", first_order=True)
+    assert_close(vm.meta_loss(xs, ys, xs, ys, reduction="none"), loop.meta_loss(xs, ys, xs, ys, reduction="none"),
+                 2e-5, "vmap against loop in eval mode (float32)")
 
 
 def test_build_learner_mamlpp_conv4_has_per_step_bn(request):
