@@ -199,6 +199,26 @@ def check_vmap_exact(module: torch.nn.Module, first_order: bool):
                          "norm, the running statistics (model.eval())")
 
 
+def check_step_layers(module: torch.nn.Module, steps: int, mode: str, exact_steps: bool = False):
+    """The step-aware layers of ``module`` (a class with ``step_aware = True`` and rows for
+    ``steps`` inner steps, ``metakern.nn.PerStepBatchNorm2d``) fit a call of ``steps``
+    inner steps in generic ``mode`` (``exact_steps``: the layers must be built for
+    exactly ``steps``, as MAML++'s per-step rates are)."""
+    for name, m in module.named_modules():
+        if not getattr(type(m), "step_aware", False):
+            continue
+        where = f"{type(m).__name__} {name!r}" if name else type(m).__name__
+        if steps > m.steps or (exact_steps and steps != m.steps):
+            need = f"exactly {steps}" if exact_steps else f"{steps} or more"
+            raise ValueError(f"steps={steps}, but {where} has rows for {m.steps} inner steps (0..{m.steps}) and "
+                             f"needs to be built for {need}; build the model for the learner's steps "
+                             f"(Conv4(per_step_bn={steps})) or use steps={m.steps}")
+        if mode == "vmap" and m.training:
+            raise ValueError(f"generic_mode='vmap' cannot run {where} in training mode (it normalises each task "
+                             "with its batch's statistics and updates its per-step running statistics in place); "
+                             "use generic_mode='auto' or 'loop', or the running statistics (model.eval())")
+
+
 def check_query(xq, xs: Tensor):
     """``xq`` ``[T, Nq, D]`` beside the validated support inputs ``xs`` ``[T, N, D]``."""
     check_x(xq, "xq")

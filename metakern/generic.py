@@ -34,6 +34,22 @@ What a call hands the model, in both modes:
   both use the running statistics. The mode and the buffers are read at each call,
   the adapted model's forward included. Running statistics change only through the
   model's own forward in training mode (``model(x)``).
+* Inner steps. Every call tells step-aware layers (``mk.nn.PerStepBatchNorm2d``,
+  MAML++'s per-step batch norm) which parameters the model holds, through
+  :func:`metakern.nn.inner_step`: step k for the support forward of inner step k
+  (``k = 0 .. K-1``, the model at ``theta_k``) and for the query forward of the adapted
+  ``theta_k`` (``k = 1 .. K``; the fast model of ``adapt`` is at step K, and each of the
+  ``all_steps`` fast models at its own step); step 0 for a module that is not adapted
+  (ANIL's body). Their running statistics of step k are updated only where the caller
+  asks (``update_stats``: the learners' ``meta_loss``, for each forward at step k in the
+  order of the calls: every task's support steps, then the query forwards), never by
+  ``adapt``, a fast model's forward or :func:`forward_tasks`.
+* Parameters the inner loop does not adapt. A module may name some of its own
+  parameters in an attribute ``inner_loop_fixed`` (``PerStepBatchNorm2d`` names its
+  weight and bias unless built with ``adapt_affine=True``, as MAML++ does by default).
+  The learners pass those as ``fixed``: every task's inner loop and its adapted model
+  use them as they are (shared, no task dimension), and the meta-gradient reaches them
+  through every inner step and the query loss (:func:`fixed_names`).
 * Threads. ``functional_call`` puts the call's tensors into the module for the
   duration of a forward and then puts the module's own back, so two calls on one
   module at once would see each other's tensors. Every call here therefore holds the
@@ -49,7 +65,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +74,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _NormBase  # the base of nn.BatchNorm* and nn.InstanceNorm*
 
 from ._contract import is_compiling
+from .nn import inner_step
 
 # the buffers of a normalisation layer that its forward updates in training mode
 _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -80,6 +97,20 @@ def choose_mode(module: nn.Module) -> str:
         if not list(m.children()) and not isinstance(m, VMAP_SAFE):
             return "loop"
     return "vmap"
+
+
+def fixed_names(module: nn.Module) -> List[str]:
+    """Names (as ``module.named_parameters()`` gives them) of the parameters that the
+    inner loop keeps fixed: those a submodule lists in its ``inner_loop_fixed``."""
+    ids = set()
+    for m in module.modules():
+        for attr in getattr(m, "inner_loop_fixed", ()):
+            p = m._parameters.get(attr)
+            if p is None:
+                raise ValueError(f"{type(m).__name__}.inner_loop_fixed names {attr!r}, which is not one of its "
+                                 f"parameters ({sorted(m._parameters)})")
+            ids.add(id(p))
+    return [n for n, p in module.named_parameters() if id(p) in ids]
 
 
 def check_targets(pred: Tensor, y: Tensor, loss: str, name: str = "y", lead: str = "[N]"):
@@ -171,7 +202,7 @@ def forward_tasks(module: nn.Module, x: Tensor) -> Tensor:
     As everywhere on this path, batch norm in training mode normalises each task with
     its own statistics and the running statistics are left as they were (ANIL's body).
     """
-    with lock(module):
+    with lock(module), inner_step(0):
         bind, params = _Binding(module), dict(module.named_parameters())
         return torch.stack([bind(params, x[t]) for t in range(x.shape[0])])
 
@@ -182,7 +213,8 @@ def _rate(lr: Tensor, k: int, per_step: bool) -> Tensor:
 
 
 def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *, steps: int,
-          loss: str, first_order: bool, per_step: bool = False, all_steps: bool = False):
+          loss: str, first_order: bool, per_step: bool = False, all_steps: bool = False,
+          fixed: Optional[Dict[str, Tensor]] = None, update_stats: bool = False):
     """Adapted parameters ``{name: [T, *shape]}`` after ``steps`` inner SGD steps per task.
 
     ``params`` are shared (no task dimension), named as ``module.named_parameters()``
@@ -190,7 +222,10 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], 
     or with ``per_step`` the same with a leading ``[K]`` axis (row k: step k's rate).
     ``all_steps``: a list of the adapted parameters after every step, ``[theta_1, ...,
     theta_K]``, instead of ``theta_K`` alone (the multi-step loss needs them).
+    ``fixed``: the module's other parameters, used as they are (not adapted, not in the
+    result). The support forward of step k runs under ``inner_step(k, update_stats)``.
     """
+    fixed = fixed or {}
     # y is an input of the vmapped function and torch.func's grad composes with the
     # outer autograd, so targets that require a gradient get the exact one, through
     # every inner step as through the query loss (tests/test_generic.py checks it
@@ -200,11 +235,12 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], 
 
         def one_task(xt: Tensor, yt: Tensor):
             def inner_loss(p):
-                return task_loss(call(p, xt), yt, loss)
+                return task_loss(call({**p, **fixed}, xt), yt, loss)
 
             p, path = params, []
             for k in range(steps):
-                g = grad(inner_loss)(p)
+                with inner_step(k, update_stats):
+                    g = grad(inner_loss)(p)
                 if first_order:
                     g = {n: v.detach() for n, v in g.items()}
                 p = {n: p[n] - _rate(lrs[n], k, per_step) * g[n] for n in p}
@@ -218,7 +254,8 @@ def adapt(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], 
 
 
 def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tensor], x: Tensor, y: Tensor, *,
-               steps: int, loss: str, first_order: bool, per_step: bool = False, all_steps: bool = False):
+               steps: int, loss: str, first_order: bool, per_step: bool = False, all_steps: bool = False,
+               fixed: Optional[Dict[str, Tensor]] = None, update_stats: bool = False):
     """Same result as :func:`adapt`, one task at a time with ``torch.autograd.grad``.
 
     Under ``torch.inference_mode()`` the inner loop, which needs autograd, runs outside
@@ -228,7 +265,8 @@ def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tens
         with torch.inference_mode(False), torch.no_grad():
             x, y = x.clone(), y.clone()
             return adapt_loop(module, params, lrs, x, y, steps=steps, loss=loss, first_order=first_order,
-                              per_step=per_step, all_steps=all_steps)
+                              per_step=per_step, all_steps=all_steps, fixed=fixed, update_stats=update_stats)
+    fixed = fixed or {}
     names = list(params)
     per_task = []
     need_graph = torch.is_grad_enabled()
@@ -237,9 +275,9 @@ def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tens
         for t in range(x.shape[0]):
             p, path = [params[n] for n in names], []
             for k in range(steps):
-                with torch.enable_grad():
+                with torch.enable_grad(), inner_step(k, update_stats):
                     q = [v if v.requires_grad else v.detach().requires_grad_() for v in p]
-                    out = task_loss(call(dict(zip(names, q)), x[t]), y[t], loss)
+                    out = task_loss(call({**dict(zip(names, q)), **fixed}, x[t]), y[t], loss)
                     gs = torch.autograd.grad(out, q, create_graph=need_graph and not first_order)
                 if not need_graph:
                     q = [v.detach() for v in q]
@@ -252,15 +290,23 @@ def adapt_loop(module: nn.Module, params: Dict[str, Tensor], lrs: Dict[str, Tens
     return {n: torch.stack([pt[i] for pt in per_task]) for i, n in enumerate(names)}
 
 
-def forward(module: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Tensor:
-    """``module`` applied per task with its own parameters: ``x`` ``[T, N, ...]``."""
-    with lock(module):
+def forward(module: nn.Module, params: Dict[str, Tensor], x: Tensor, *, fixed: Optional[Dict[str, Tensor]] = None,
+            step: int = 0, update_stats: bool = False) -> Tensor:
+    """``module`` applied per task with its own parameters: ``x`` ``[T, N, ...]``.
+
+    ``fixed``: shared parameters besides the per-task ``params``; the call runs under
+    ``inner_step(step, update_stats)`` (``step``: how many inner steps ``params`` took)."""
+    fixed = fixed or {}
+    with lock(module), inner_step(step, update_stats):
         call = _Binding(module)
-        return vmap(call, randomness="different")(params, x)
+        return vmap(lambda p, xt: call({**p, **fixed}, xt), randomness="different")(params, x)
 
 
-def forward_loop(module: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Tensor:
+def forward_loop(module: nn.Module, params: Dict[str, Tensor], x: Tensor, *,
+                 fixed: Optional[Dict[str, Tensor]] = None, step: int = 0, update_stats: bool = False) -> Tensor:
     """Same as :func:`forward`, one task at a time."""
-    with lock(module):
+    fixed = fixed or {}
+    with lock(module), inner_step(step, update_stats):
         call = _Binding(module)
-        return torch.stack([call({n: v[t] for n, v in params.items()}, x[t]) for t in range(x.shape[0])])
+        return torch.stack([call({**{n: v[t] for n, v in params.items()}, **fixed}, x[t])
+                            for t in range(x.shape[0])])

@@ -40,6 +40,10 @@ class InnerRate:
       ``learner.lrs[i]`` shaped like the model's parameters;
     * ``"per_step"``: one rate per parameter tensor and inner step (MAML++'s LSLR), the
       parameters ``learner.lrs[i]`` of shape ``[K]`` (``K = learner.steps``).
+
+    ``learner.lrs[i]`` belongs to the i-th parameter that the inner loop adapts: every
+    parameter of ``model.parameters()`` in order, less those a module keeps fixed
+    (:func:`metakern.generic.fixed_names`, e.g. the per-step batch-norm weights).
     """
 
     KINDS = ("fixed", "learned", "per_param", "per_step")
@@ -57,11 +61,13 @@ class InnerRate:
         """Register the rate tensors on ``learner``, initialised to ``lr``."""
         ref = next(iter(model.parameters()))
         dt = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
+        fixed = set(generic.fixed_names(model))
+        adapted = [p for n, p in model.named_parameters() if n not in fixed]
         if self.kind == "per_step":
             learner.lrs = nn.ParameterList([nn.Parameter(torch.full((learner.steps,), lr, dtype=p.dtype,
-                                                                    device=p.device)) for p in model.parameters()])
+                                                                    device=p.device)) for p in adapted])
         elif self.kind == "per_param":
-            learner.lrs = nn.ParameterList([nn.Parameter(torch.full_like(p, lr)) for p in model.parameters()])
+            learner.lrs = nn.ParameterList([nn.Parameter(torch.full_like(p, lr)) for p in adapted])
         elif self.kind == "learned":
             learner.lr = nn.Parameter(torch.tensor(lr, dtype=dt, device=ref.device))
         else:
@@ -72,7 +78,8 @@ class InnerRate:
         return list(learner.lrs) if self.kind in ("per_param", "per_step") else learner.lr
 
     def per_parameter(self, learner: nn.Module, n: int) -> List[Tensor]:
-        """One rate tensor per model parameter (the generic path; ``[K]`` each for ``"per_step"``)."""
+        """One rate tensor per adapted model parameter, ``n`` of them (the generic path;
+        ``[K]`` each for ``"per_step"``)."""
         return list(learner.lrs) if self.kind in ("per_param", "per_step") else [learner.lr] * n
 
     def check_steps(self, learner: nn.Module, steps: int):
@@ -116,19 +123,29 @@ class _FusedFast(FastModel):
 
 
 class _GenericFast(FastModel):
-    def __init__(self, module, params: Dict[str, Tensor], mode: str):
+    """Adapted parameters ``params`` (``[T, *shape]``) after ``step`` inner steps, and the
+    parameters the inner loop keeps fixed, ``fixed`` (shared); ``order``: the names of the
+    module's parameters in ``named_parameters()`` order."""
+
+    def __init__(self, module, params: Dict[str, Tensor], mode: str, *, fixed: Dict[str, Tensor], step: int,
+                 order: List[str]):
         super().__init__(tasks=next(iter(params.values())).shape[0])
         _plain(self, "_module", module)  # not a submodule: the fast model owns no meta-parameters
-        self._params, self.mode = params, mode
+        self._params, self._fixed, self.mode, self.step, self._order = params, fixed, mode, step, order
 
     @property
     def params(self) -> List[Tensor]:
-        return list(self._params.values())
+        """One ``[T, *shape]`` tensor per model parameter; a fixed one is the same for every task."""
+        return [self._params[n] if n in self._params else self._fixed[n].expand(self.tasks, *self._fixed[n].shape)
+                for n in self._order]
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._run(x, update_stats=False)
+
+    def _run(self, x: Tensor, update_stats: bool) -> Tensor:
         self._check_input(x)
         fn = generic.forward if self.mode == "vmap" else generic.forward_loop
-        return fn(self._module, self._params, x)
+        return fn(self._module, self._params, x, fixed=self._fixed, step=self.step, update_stats=update_stats)
 
 
 class MAML(nn.Module):
@@ -153,6 +170,9 @@ class MAML(nn.Module):
     the query forward (the query set), and ``adapt`` and ``meta_loss`` never update
     the running statistics (``num_batches_tracked`` stays as it was); in eval mode
     (``model.eval()``) the inner loop and the query forward use the running statistics.
+    Per-step batch norm (:class:`metakern.nn.PerStepBatchNorm2d`, MAML++'s BNRS and BNWB)
+    uses row k at inner step k; ``meta_loss`` updates its running statistics, ``adapt``
+    does not; its weights are meta-learned, not adapted (see :class:`MAMLPlusPlus`).
     Tied weights are one parameter (one inner rate in :class:`MetaSGD`), adapted once
     per task and used at each place. Calls from several threads are safe: they take
     the module's lock (:func:`metakern.generic.lock`) while they use the module.
@@ -254,12 +274,13 @@ class MAML(nn.Module):
         V.check_batch(xq, yq, "xq", "yq")
         w = self.step_weights()
         if not self.fused:
+            # meta-training: per-step running statistics take each forward's batch
             if w is None:
-                fast = self._adapt_generic(xs, ys, steps, first_order)
-                return reduce_losses(self._query_losses(fast(xq), yq), red)
+                fast = self._adapt_generic(xs, ys, steps, first_order, update_stats=True)
+                return reduce_losses(self._query_losses(fast._run(xq, True), yq), red)
             w = V.check_step_weights(w, steps, xq if xq.is_floating_point() else xs)
-            path = self._adapt_generic(xs, ys, steps, first_order, all_steps=True)
-            losses = sum(w[k] * self._query_losses(fast(xq), yq) for k, fast in enumerate(path))
+            path = self._adapt_generic(xs, ys, steps, first_order, all_steps=True, update_stats=True)
+            losses = sum(w[k] * self._query_losses(fast._run(xq, True), yq) for k, fast in enumerate(path))
             return reduce_losses(losses, red)
         xs, xq = V.flatten_points(xs, self.dims[0], "xs"), V.flatten_points(xq, self.dims[0], "xq")
         p = V.maml_problem(self._fused_params(), xs, ys, xq, yq, lr=self._rate.value(self), steps=steps,
@@ -278,7 +299,7 @@ class MAML(nn.Module):
         generic.check_targets(pred, yq, self.loss, "yq", "[T, N]")
         return loss_value(pred, yq, LOSSES[self.loss])
 
-    def _adapt_generic(self, x, y, steps, first_order, all_steps=False):
+    def _adapt_generic(self, x, y, steps, first_order, all_steps=False, update_stats=False):
         if self.loss == "cross_entropy" and y.dtype != torch.int64:
             raise TypeError(f"y for loss='cross_entropy' must be int64 class indices, got {y.dtype}")
         if self.loss == "mse" and not y.is_floating_point():
@@ -286,17 +307,21 @@ class MAML(nn.Module):
         mode = self.generic_mode if self.generic_mode != "auto" else generic.choose_mode(self.module)
         if self.generic_mode == "vmap":
             V.check_vmap_exact(self.module, first_order)
+        V.check_step_layers(self.module, steps, mode)
         fn = generic.adapt if mode == "vmap" else generic.adapt_loop
         # Under the module's lock: the parameters are read, and swapped by fn, while no
         # other thread's call has them swapped.
         with generic.lock(self.module):
             named = dict(self.module.named_parameters())
+            fixed = {n: named.pop(n) for n in generic.fixed_names(self.module)}
             lrs = dict(zip(named, self._rate.per_parameter(self, len(named))))
             params = fn(self.module, named, lrs, x, y, steps=steps, loss=self.loss, first_order=first_order,
-                        per_step=self._rate.per_step, all_steps=all_steps)
+                        per_step=self._rate.per_step, all_steps=all_steps, fixed=fixed, update_stats=update_stats)
+            order = [n for n, _ in self.module.named_parameters()]
         if all_steps:
-            return [_GenericFast(self.module, p, mode) for p in params]
-        return _GenericFast(self.module, params, mode)
+            return [_GenericFast(self.module, p, mode, fixed=fixed, step=k + 1, order=order)
+                    for k, p in enumerate(params)]
+        return _GenericFast(self.module, params, mode, fixed=fixed, step=steps, order=order)
 
     def extra_repr(self) -> str:
         path = f"fused dims={self.dims} activation={self.activation}" if self.fused else f"generic ({self.generic_reason})"
@@ -359,8 +384,17 @@ class MAMLPlusPlus(MAML):
     steps, which its rates are for. The MAML++ code's defaults are not all stated in
     the paper; ``msl_epochs=10`` and ``first_order_epochs=50`` follow its Omniglot
     configuration and the paper's DA description (first order for the first 50
-    epochs); ``lr=0.1`` and ``steps=5`` are its code's inner rate and steps. Per-step
-    batch-norm statistics and weights (BNRS, BNWB) are not part of this learner.
+    epochs); ``lr=0.1`` and ``steps=5`` are its code's inner rate and steps.
+
+    * BNRS and BNWB, per-step batch-norm statistics and weights: on a model with
+      :class:`metakern.nn.PerStepBatchNorm2d` layers (``mk.Conv4(..., per_step_bn=steps)``,
+      built for the learner's ``steps``, else a ``ValueError``), the generic path tells
+      the layers the step of every call (:func:`metakern.nn.inner_step`): row k of their
+      weights, biases and running statistics serves ``theta_k``, in the support forward
+      of step k and the query forward of ``theta_k``. Their weights and biases are
+      meta-learned and not adapted (MAML++'s default), so ``lrs`` has no rates for them;
+      :meth:`meta_loss` updates their running statistics of step k with the batch of
+      each forward at step k; :meth:`adapt` updates none.
 
     >>> import torch, metakern as mk
     >>> pp = mk.MAMLPlusPlus(mk.MLP(1, [40, 40], 1), lr=0.01, steps=5, msl_epochs=3, first_order_epochs=1)
@@ -375,6 +409,7 @@ class MAMLPlusPlus(MAML):
                  loss: str = "mse", backend: str = "auto", generic_mode: str = "auto", *, msl_epochs: int = 10,
                  first_order_epochs: int = 50):
         V.check_int("steps", steps, 1)
+        V.check_step_layers(model, steps, "loop", exact_steps=True)
         super().__init__(model, lr=lr, steps=steps, first_order=first_order, loss=loss, learn_lr=True,
                          backend=backend, generic_mode=generic_mode, rate=InnerRate("per_step"))
         self.msl_epochs = V.check_int("msl_epochs", msl_epochs, 0)
@@ -447,9 +482,9 @@ class Reptile(MAML):
 
 def _normalises_by_batch(module: nn.Module) -> bool:
     """Whether ``module`` holds a batch norm layer that normalises by batch statistics
-    (training mode, or no running statistics)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
-               for m in module.modules())
+    (training mode, or no running statistics; a per-step one in training mode)."""
+    return any((isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None))
+               or (getattr(type(m), "step_aware", False) and m.training) for m in module.modules())
 
 
 class ANIL(nn.Module):

@@ -1,16 +1,20 @@
 """Models and model helpers: ``MLP``, the few-shot image models of the MAML paper
-(``OmniglotMLP``, ``Conv4``), and recognition of models the fused kernels cover."""
+(``OmniglotMLP``, ``Conv4``), MAML++'s per-step batch norm (``PerStepBatchNorm2d``, the
+inner-step context :func:`inner_step`), and recognition of models the fused kernels cover."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import numbers
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._contract import ACTIVATIONS, Act
-from ._validate import check_int
+from ._validate import check_bool, check_int, check_real
 
 # the module of each activation code (one per contract.Act member)
 _ACT_CLASS = {Act.IDENTITY: nn.Identity, Act.RELU: nn.ReLU, Act.TANH: nn.Tanh, Act.SIGMOID: nn.Sigmoid}
@@ -91,8 +95,123 @@ class OmniglotMLP(MLP):
                          activation="relu")
 
 
-def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+# (step, update): the inner step the network is called at, and whether per-step running
+# statistics take that call's batch; None outside inner_step (step 0, nn.BatchNorm's rules)
+_STEP: "contextvars.ContextVar[Optional[Tuple[int, bool]]]" = contextvars.ContextVar("metakern_inner_step",
+                                                                                    default=None)
+
+
+@contextlib.contextmanager
+def inner_step(step: int, update_stats: bool = False):
+    """Tell step-aware layers (:class:`PerStepBatchNorm2d`) which inner step the network is
+    called at: ``step`` k means the network holds ``theta_k``, the parameters after k inner
+    updates (0: the initialisation). ``update_stats``: whether those layers, in training
+    mode, fold this call's batch statistics into their running statistics of step k.
+
+    The generic path sets it around every call of the model: step k for the support
+    forward of inner step k (``k = 0 .. K-1``) and for the query forward of ``theta_k``
+    (``k = 1 .. K``), with ``update_stats`` true in ``meta_loss`` only. Outside any
+    ``inner_step`` a step-aware layer is at step 0 and behaves as ``nn.BatchNorm2d``
+    would (its training-mode forward updates the running statistics of step 0). The
+    setting is per thread (a ``contextvars.ContextVar``).
+
+    >>> bn = PerStepBatchNorm2d(3, steps=2)
+    >>> with inner_step(2):
+    ...     bn(torch.randn(4, 3, 5, 5)).shape
+    torch.Size([4, 3, 5, 5])
+    """
+    step = check_int("step", step, 0)
+    token = _STEP.set((step, bool(update_stats)))
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
+def current_step() -> Tuple[int, bool]:
+    """``(step, update_stats)`` of the innermost :func:`inner_step`, or ``(0, True)``
+    outside one (a plain call: step 0, updated in training mode as ``nn.BatchNorm2d`` is)."""
+    found = _STEP.get()
+    return (0, True) if found is None else found
+
+
+class PerStepBatchNorm2d(nn.Module):
+    """Batch norm with per-step statistics and weights: MAML++'s BNRS and BNWB (Antoniou
+    et al., "How to train your MAML", ICLR 2019; ``MetaBatchNormLayer`` in its code).
+
+    For a network adapted in ``steps`` inner steps it holds ``steps + 1`` rows, one per
+    parameter state ``theta_0 .. theta_K``: ``weight`` and ``bias`` ``[steps + 1, C]``
+    (initialised to 1 and 0) and the buffers ``running_mean``, ``running_var``
+    ``[steps + 1, C]`` (0 and 1). Called at step k (:func:`inner_step`; step 0 outside
+    one) it normalises with row k:
+
+    * training mode (the default, as MAML and MAML++ use it in the inner loop and at
+      meta-test): with the statistics of the batch at hand, then scaled and shifted by
+      ``weight[k]``, ``bias[k]``; when the call updates statistics
+      (``inner_step(k, update_stats=True)``, which ``meta_loss`` sets, or a plain call)
+      ``running_mean[k]`` and ``running_var[k]`` move towards the batch's mean and
+      unbiased variance with ``momentum``, as ``nn.BatchNorm2d`` does;
+    * eval mode (``model.eval()``): with ``running_mean[k]``, ``running_var[k]``; nothing
+      is updated.
+
+    ``adapt_affine=False`` (MAML++'s default, ``enable_inner_loop_optimizable_bn_params``
+    off): the inner loop leaves ``weight`` and ``bias`` as they are; they are
+    meta-learned only (the generic path reads :attr:`inner_loop_fixed`). With ``True``
+    the inner loop adapts them like every other parameter (each step updates all rows;
+    row k's gradient comes from the calls at step k only).
+
+    A step beyond ``steps`` is a ``ValueError``: build the layer (``Conv4(per_step_bn=K)``)
+    for the learner's number of steps.
+    """
+
+    step_aware = True  # reads the inner step (metakern._validate.check_step_layers looks for it)
+
+    def __init__(self, num_features: int, steps: int, eps: float = 1e-5, momentum: float = 0.1,
+                 adapt_affine: bool = False):
+        super().__init__()
+        self.num_features = check_int("num_features", num_features, 1)
+        self.steps = check_int("steps", steps, 1)
+        self.eps = check_real("eps", eps)
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        self.momentum = check_real("momentum", momentum)
+        if not 0 < self.momentum <= 1:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
+        self.adapt_affine = check_bool("adapt_affine", adapt_affine)
+        rows = (self.steps + 1, self.num_features)
+        self.weight = nn.Parameter(torch.ones(rows))
+        self.bias = nn.Parameter(torch.zeros(rows))
+        self.register_buffer("running_mean", torch.zeros(rows))
+        self.register_buffer("running_var", torch.ones(rows))
+
+    @property
+    def inner_loop_fixed(self) -> Tuple[str, ...]:
+        """Names of this layer's parameters that the inner loop does not adapt."""
+        return () if self.adapt_affine else ("weight", "bias")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Row k's batch norm of ``x`` ``[N, C, H, W]``, k the current :func:`inner_step`."""
+        k, update = current_step()
+        if k > self.steps:
+            raise ValueError(f"PerStepBatchNorm2d was built for steps={self.steps} (rows 0..{self.steps}) but is "
+                             f"called at inner step {k}; build the model with per_step_bn={k} or more "
+                             "(the learner's steps), or adapt with fewer steps")
+        if x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"PerStepBatchNorm2d({self.num_features}) takes [N, {self.num_features}, H, W], got "
+                             f"{tuple(x.shape)}")
+        track = self.training and update
+        return F.batch_norm(x, self.running_mean[k] if track or not self.training else None,
+                            self.running_var[k] if track or not self.training else None,
+                            self.weight[k], self.bias[k], self.training, self.momentum, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, steps={self.steps}, eps={self.eps}, momentum={self.momentum}, "
+                f"adapt_affine={self.adapt_affine}")
+
+
+def _conv_block(cin: int, cout: int, per_step_bn: Optional[int] = None) -> nn.Sequential:
+    bn = nn.BatchNorm2d(cout) if per_step_bn is None else PerStepBatchNorm2d(cout, per_step_bn)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), bn, nn.ReLU(), nn.MaxPool2d(2))
 
 
 class Conv4(nn.Module):
@@ -115,6 +234,12 @@ class Conv4(nn.Module):
         ways: classes per task, the head's outputs.
         hidden: filters of every convolution (64 for Omniglot, 32 for mini-ImageNet in the paper).
         image_size: height and width of the (square) images, at least 16.
+        per_step_bn: ``None`` (default): ``nn.BatchNorm2d`` in every block. An int K:
+            MAML++'s per-step batch norm (BNRS, BNWB) for K inner steps,
+            :class:`PerStepBatchNorm2d` with ``K + 1`` rows of weights, biases and
+            running statistics, row k used when the network holds ``theta_k``; its
+            weights and biases are meta-learned, not adapted in the inner loop (MAML++'s
+            default). Build it with the learner's ``steps``.
 
     ``body`` (the four blocks and the flattening, ``[N, C, H, W] -> [N, features]``) and
     ``head`` (an ``nn.Linear``) are attributes, so ANIL can meta-learn the body and adapt
@@ -127,17 +252,23 @@ class Conv4(nn.Module):
     adapts one task at a time; ANIL runs a body with batch norm task by task), so each
     task is normalised by its own support or query statistics, in the inner loop and
     at meta-test alike, as MAML does (transductive). The running statistics are used
-    only in eval mode.
+    only in eval mode. With ``per_step_bn`` the same holds per step, and the per-step
+    running statistics are updated by the learners' ``meta_loss`` (see
+    :class:`PerStepBatchNorm2d` and :mod:`metakern.generic`).
 
     >>> net = Conv4(in_channels=1, ways=5, hidden=8, image_size=28)
     >>> net(torch.zeros(10, 1, 28, 28)).shape, net.features
     (torch.Size([10, 5]), 8)
     """
 
-    def __init__(self, in_channels: int = 1, ways: int = 5, hidden: int = 64, image_size: int = 28):
+    def __init__(self, in_channels: int = 1, ways: int = 5, hidden: int = 64, image_size: int = 28,
+                 per_step_bn: Optional[int] = None):
         super().__init__()
         in_channels, ways, hidden = (check_int(n, v, 1) for n, v in
                                      (("in_channels", in_channels), ("ways", ways), ("hidden", hidden)))
+        if per_step_bn is not None:
+            per_step_bn = check_int("per_step_bn", per_step_bn, 1)
+        self.per_step_bn = per_step_bn
         if check_int("image_size", image_size) < 16:
             raise ValueError(f"image_size must be at least 16 (four 2x2 poolings halve it four times), got "
                              f"{image_size}; resize the images")
@@ -145,8 +276,8 @@ class Conv4(nn.Module):
         for _ in range(4):
             side //= 2
         self.in_channels, self.image_size, self.features = int(in_channels), int(image_size), int(hidden) * side * side
-        self.body = nn.Sequential(_conv_block(in_channels, hidden), _conv_block(hidden, hidden),
-                                  _conv_block(hidden, hidden), _conv_block(hidden, hidden), nn.Flatten())
+        self.body = nn.Sequential(*(_conv_block(c, hidden, per_step_bn) for c in (in_channels, hidden, hidden, hidden)),
+                                  nn.Flatten())
         self.head = nn.Linear(self.features, ways)
 
     def forward(self, x: Tensor) -> Tensor:

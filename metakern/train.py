@@ -58,7 +58,7 @@ def build_learner(algo: str, task, *, hidden=None, inner_lr: Optional[float] = N
     ``filters`` per convolution, for tasks whose points are square images ``[C, S, S]``
     (:func:`input_shape`); MAML, FOMAML, Meta-SGD and Reptile adapt the whole network on
     the generic path, ANIL meta-learns its body and adapts its linear head on the fused
-    kernels.
+    kernels. MAML++ takes it with per-step batch norm (``Conv4(per_step_bn=steps)``).
 
     ``inner_lr`` and ``steps`` default to the algorithm's own (:func:`inner_defaults`);
     ``msl_epochs`` and ``first_order_epochs`` set MAML++'s schedule (``algo="mamlpp"``
@@ -84,7 +84,9 @@ def build_learner(algo: str, task, *, hidden=None, inner_lr: Optional[float] = N
         if len(shape) != 3 or shape[1] != shape[2]:
             raise ValueError(f"model='conv4' needs a task of square images [C, S, S] per point, but {task!r} has "
                              f"points of shape {shape}; use model='mlp' for feature vectors")
-        net = Conv4(in_channels=shape[0], ways=O, hidden=check_int("filters", filters, 1), image_size=shape[1])
+        # MAML++ on Conv-4 includes its per-step batch norm (BNRS, BNWB), built for its steps
+        net = Conv4(in_channels=shape[0], ways=O, hidden=check_int("filters", filters, 1), image_size=shape[1],
+                    per_step_bn=check_int("steps", steps, 1) if algo == "mamlpp" else None)
         if algo == "anil":
             return ANIL(net.body, net.head, lr=inner_lr, steps=steps, loss=loss, backend=backend)
         return _whole_model_learner(algo, net, inner_lr, steps, loss, backend, mamlpp_kw)
