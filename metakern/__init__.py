@@ -7,7 +7,8 @@ from .version import __version__
 from . import backends, functional, tasks
 from .functional import adapt, forward
 from .learners import ANIL, MAML, FastModel, MAMLPlusPlus, MetaSGD, Reptile
-from .nn import MLP, Conv4, OmniglotMLP
+from .nn import MLP, Conv4, OmniglotMLP, PerStepBatchNorm2d
 
 __all__ = ["__version__", "adapt", "forward", "backends", "functional", "tasks", "MLP", "Conv4", "OmniglotMLP",
+           "PerStepBatchNorm2d",
            "MAML", "MAMLPlusPlus", "MetaSGD", "Reptile", "ANIL", "FastModel"]
