@@ -162,10 +162,29 @@ def check_y(y, x: Tensor, loss: int, out_features: int, name: str = "y", x_name:
         if tuple(y.shape) != (T, N):
             raise ValueError(f"{name} for loss='cross_entropy' must have shape [T, N] = {(T, N)}, "
                              f"got {tuple(y.shape)}")
-        if not is_compiling() and bool(((y < 0) | (y >= out_features)).any()):
-            lo, hi = int(y.min()), int(y.max())
-            raise ValueError(f"{name} holds class indices in [{lo}, {hi}] but the model has {out_features} outputs; "
-                             f"indices must lie in [0, {out_features - 1}]")
+        if not is_compiling():
+            check_class_indices(y, out_features, name, on_host=y.device.type == "cpu")
+
+
+def check_class_indices(y: Tensor, out_features: int, name: str, on_host: bool):
+    """Class indices ``y`` must lie in ``[0, out_features)``.
+
+    ``on_host`` (CPU tensors): a ``ValueError`` naming the range found. Otherwise (a
+    GPU) the check runs on the device with ``torch._assert_async``: reading its result
+    back would stall the host at every call and break CUDA-graph capture. A bad index
+    then fails the stream as a device-side assert at the next synchronisation, as
+    ``F.cross_entropy`` does on a GPU (a ``RuntimeError`` carrying this message where
+    the assert runs on the host).
+    """
+    bad = (y < 0) | (y >= out_features)
+    msg = (f"{name} holds class indices outside [0, {out_features - 1}] but the model has {out_features} outputs; "
+           "pass class indices in that range")
+    if not on_host:
+        torch._assert_async(~bad.any(), msg)
+    elif bool(bad.any()):
+        lo, hi = int(y.min()), int(y.max())
+        raise ValueError(f"{name} holds class indices in [{lo}, {hi}] but the model has {out_features} outputs; "
+                         f"indices must lie in [0, {out_features - 1}]")
 
 
 def check_no_target_grad(y: Tensor, name: str):

@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/codes.h"
@@ -102,8 +103,12 @@ inline void check_class_indices(const char* op, const at::Tensor& y, int64_t O, 
                 (bad < 0 ? 0 : bad / y.size(1)), ", point ", (bad < 0 ? 0 : bad % y.size(1)),
                 "), outside [0, O) with O = ", O);
   } else {
-    const bool ok = ((y >= 0) & (y < O)).all().item<bool>();
-    TORCH_CHECK(ok, op, ": ", name, " holds a class index outside [0, O) with O = ", O);
+    // On a GPU the check runs on the device: reading its result back would stall the
+    // host at every call and break CUDA-graph capture. A bad index fails the stream as
+    // a device-side assert at the next synchronisation.
+    at::_assert_async(((y >= 0) & (y < O)).all(), std::string(op) + ": " + name +
+                                                      " holds a class index outside [0, O) with O = " +
+                                                      std::to_string(O));
   }
 }
 
